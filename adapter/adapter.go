@@ -1,0 +1,143 @@
+// Package adapter runs Prometheus's discovery.Manager around a Discoverer and
+// keeps a file_sd file in step with what it finds. It knows nothing of where
+// the targets come from.
+package adapter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/discovery"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	sloggokit "github.com/tjhop/slog-gokit"
+)
+
+// providerName names our Discoverer inside the Manager and in its metrics.
+const providerName = "consul"
+
+// managerThrottle is how long the Manager may hold back an update to batch
+// it with the next. Its default of 5s would add seconds to every change; our
+// Discoverer sends at most one snapshot per round, so there is nothing to batch.
+const managerThrottle = 100 * time.Millisecond
+
+// writeRetryInterval is how soon a failed write is tried again without
+// waiting for the next snapshot.
+const writeRetryInterval = 5 * time.Second
+
+// Config says where and how to write.
+type Config struct {
+	// OutputFile is the file_sd file; its extension picks JSON or YAML.
+	OutputFile string
+	// FileMode is the output file's permission bits.
+	FileMode os.FileMode
+}
+
+// Adapter writes the targets of a Discoverer to a file_sd file.
+type Adapter struct {
+	path    string
+	format  Format
+	mode    os.FileMode
+	logger  log.Logger
+	reg     prometheus.Registerer
+	metrics *metrics
+
+	// written is what the file holds now, so unchanged snapshots cost no I/O.
+	written []byte
+	ready   atomic.Bool
+}
+
+// New returns an Adapter. It reads the current output file, if any, so that a
+// restart over an up-to-date file does not rewrite it.
+func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, error) {
+	format, err := FormatOf(cfg.OutputFile)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.FileMode&0o002 != 0 {
+		return nil, fmt.Errorf("file mode %#o would make the output world-writable", cfg.FileMode)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{path: cfg.OutputFile, format: format, mode: cfg.FileMode, logger: logger, reg: reg, metrics: m}
+	if b, err := os.ReadFile(cfg.OutputFile); err == nil {
+		a.written = b
+	}
+	return a, nil
+}
+
+// Ready reports whether the file reflects a successful discovery round.
+func (a *Adapter) Ready() bool { return a.ready.Load() }
+
+// Run starts the Manager with d as its only provider and writes every update
+// until ctx ends. A failed write is retried until it succeeds or a newer
+// update replaces it.
+func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
+	slogger := slog.New(sloggokit.NewGoKitHandler(log.With(a.logger, "component", "discovery manager"), nil))
+	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(a.reg)
+	if err != nil {
+		return err
+	}
+	mgr := discovery.NewManager(ctx, slogger, a.reg, sdMetrics, discovery.Name("consul_sd_adapter"), discovery.Updatert(managerThrottle))
+	if mgr == nil {
+		return errors.New("could not create the discovery manager")
+	}
+	mgr.StartCustomProvider(ctx, providerName, d)
+	go mgr.Run() //nolint:errcheck // it only returns ctx.Err()
+
+	var pending []*targetgroup.Group // set while a write has failed
+	retry := time.NewTimer(0)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case sets, ok := <-mgr.SyncCh():
+			if !ok {
+				return nil
+			}
+			pending = sets[providerName]
+		case <-retry.C:
+		}
+		if pending == nil {
+			continue
+		}
+		if err := a.Update(pending); err != nil {
+			level.Error(a.logger).Log("msg", "Writing the output file failed, keeping the old one", "file", a.path, "err", err, "retry_in", writeRetryInterval)
+			retry.Reset(writeRetryInterval)
+			continue
+		}
+		pending = nil
+	}
+}
+
+// Update writes groups to the output file if the content changed.
+func (a *Adapter) Update(groups []*targetgroup.Group) error {
+	data, err := Render(Entries(groups), a.format)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(data, a.written) {
+		if err := WriteFileAtomic(a.path, data, a.mode); err != nil {
+			a.metrics.writeFailures.Inc()
+			return err
+		}
+		a.written = data
+		a.metrics.writes.Inc()
+		a.metrics.lastWrite.SetToCurrentTime()
+		level.Info(a.logger).Log("msg", "Wrote targets", "file", a.path, "bytes", len(data))
+	}
+	a.ready.Store(true)
+	return nil
+}

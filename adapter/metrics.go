@@ -1,0 +1,35 @@
+package adapter
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	writes        prometheus.Counter
+	writeFailures prometheus.Counter
+	lastWrite     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "consul_sd_adapter",
+			Name:      "file_writes_total",
+			Help:      "Writes of the output file (only changed content is written).",
+		}),
+		writeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "consul_sd_adapter",
+			Name:      "file_write_failures_total",
+			Help:      "Failed writes of the output file; the previous file stays in place.",
+		}),
+		lastWrite: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "consul_sd_adapter",
+			Name:      "last_file_write_timestamp_seconds",
+			Help:      "Unix time of the last successful write of the output file.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.lastWrite} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

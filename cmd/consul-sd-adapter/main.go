@@ -1,0 +1,182 @@
+// Command consul-sd-adapter discovers services in Consul and writes them to a
+// file that Prometheus reads through file_sd_configs.
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/adapter"
+	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
+)
+
+const (
+	programName = "consul-sd-adapter"
+	// defaultWebAddress serves /metrics, /-/healthy and /-/ready.
+	defaultWebAddress = ":9841"
+	// shutdownGrace bounds how long in-flight web requests may take at exit.
+	shutdownGrace = 500 * time.Millisecond
+)
+
+// Exit codes: 2 for a bad command line or configuration, 1 for a failure at run time.
+const (
+	exitRuntime = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	app := kingpin.New(programName, "Discovers services in Consul and writes them to a Prometheus file_sd file.")
+	app.Version(version.Print(programName))
+	app.HelpFlag.Short('h')
+	app.UsageWriter(os.Stdout)
+
+	cfg := consulsd.DefaultConfig
+	var (
+		outputFile = app.Flag("output.file", "File to write the targets to. Its extension picks the format: .json, or YAML for .yml/.yaml.").
+				Default("custom_sd.json").String()
+		fileMode = app.Flag("output.file-mode", "Permission bits of the output file, in octal. Never world-writable.").
+				Default("0644").String()
+		once = app.Flag("once", "Run one refresh, write the file and exit: 0 on success, 1 if the refresh failed (nothing is written then).").
+			Bool()
+		logLevel  = app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").Enum("debug", "info", "warn", "error")
+		logFormat = app.Flag("log.format", "Output format of log messages: logfmt, json.").Default("logfmt").Enum("logfmt", "json")
+	)
+	app.Flag("listen.address", "Address of the Consul HTTP API, host:port or a URL (default: $CONSUL_HTTP_ADDR, else localhost:8500). The name is kept from the upstream custom-sd example.").
+		StringVar(&cfg.Address)
+	app.Flag("listen-address", "Alias of --listen.address.").Hidden().StringVar(&cfg.Address)
+	app.Flag("refresh.interval", "Period of the full refresh of all services.").
+		Default(cfg.RefreshInterval.String()).DurationVar(&cfg.RefreshInterval)
+	app.Flag("consul.token-file", "File holding the Consul ACL token (default: $CONSUL_HTTP_TOKEN_FILE or $CONSUL_HTTP_TOKEN). The token is never accepted as a flag.").
+		StringVar(&cfg.TokenFile)
+	app.Flag("consul.datacenter", "Consul datacenter to query (default: the agent's own).").StringVar(&cfg.Datacenter)
+	app.Flag("consul.scheme", "Scheme of the Consul HTTP API: http or https (default: http, or https if $CONSUL_HTTP_SSL is true).").
+		EnumVar(&cfg.Scheme, "http", "https")
+	app.Flag("consul.ca-file", "CA certificate to verify Consul's TLS certificate with (default: $CONSUL_CACERT).").StringVar(&cfg.CAFile)
+	app.Flag("consul.cert-file", "Client certificate for TLS to Consul (default: $CONSUL_CLIENT_CERT).").StringVar(&cfg.CertFile)
+	app.Flag("consul.key-file", "Client key for TLS to Consul (default: $CONSUL_CLIENT_KEY).").StringVar(&cfg.KeyFile)
+	app.Flag("consul.server-name", "Server name to verify Consul's TLS certificate against (default: $CONSUL_TLS_SERVER_NAME).").StringVar(&cfg.ServerName)
+	app.Flag("consul.insecure-skip-verify", "Do not verify Consul's TLS certificate. For testing only.").BoolVar(&cfg.InsecureSkipVerify)
+	app.Flag("consul.allow-stale", "Allow any Consul server to answer, not just the leader: much cheaper, at most a little behind.").
+		Default(strconv.FormatBool(cfg.AllowStale)).BoolVar(&cfg.AllowStale)
+	app.Flag("consul.service", "Only discover this service; repeat for more (default: every service but Consul's own \"consul\").").
+		StringsVar(&cfg.Services)
+	app.Flag("consul.tag", "Only discover instances that have this tag; repeat to require several.").StringsVar(&cfg.Tags)
+	app.Flag("consul.filter", "Consul filter expression for each service's instances, e.g. 'Service.Meta.env == \"prod\"'.").
+		StringVar(&cfg.Filter)
+	app.Flag("consul.tag-separator", "Separator that joins (and wraps) the tags in __meta_consul_tags.").
+		Default(cfg.TagSeparator).StringVar(&cfg.TagSeparator)
+	app.Flag("consul.request-timeout", "Timeout of each single request to Consul.").
+		Default(cfg.RequestTimeout.String()).DurationVar(&cfg.RequestTimeout)
+	app.Flag("consul.max-concurrency", "Most requests in flight to Consul at once (1 queries services one after another).").
+		Default(strconv.Itoa(cfg.MaxConcurrency)).IntVar(&cfg.MaxConcurrency)
+	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
+
+	if _, err := app.Parse(args); err != nil {
+		return usageError(err)
+	}
+	mode, err := strconv.ParseUint(*fileMode, 8, 32)
+	if err != nil {
+		return usageError(fmt.Errorf("--output.file-mode %q is not an octal permission", *fileMode))
+	}
+
+	logger := newLogger(*logLevel, *logFormat)
+	if err := adapter.CheckWritable(*outputFile); err != nil {
+		return usageError(err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("consul_sd_adapter"),
+	)
+	discoverer, err := consulsd.New(cfg, log.With(logger, "component", "consulsd"), reg)
+	if err != nil {
+		return usageError(err)
+	}
+	writer, err := adapter.New(adapter.Config{OutputFile: *outputFile, FileMode: os.FileMode(mode)}, log.With(logger, "component", "adapter"), reg)
+	if err != nil {
+		return usageError(err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *once {
+		return runOnce(ctx, discoverer, writer, logger)
+	}
+
+	level.Info(logger).Log("msg", "Starting "+programName, "version", version.Info(), "output_file", *outputFile)
+	server := &http.Server{Handler: newWebHandler(reg, writer), ReadHeaderTimeout: 10 * time.Second}
+	webErr := make(chan error, 1)
+	go func() { webErr <- serveWeb(server, webFlags, logger) }()
+
+	done := make(chan error, 1)
+	go func() { done <- writer.Run(ctx, discoverer) }()
+
+	code := 0
+	select {
+	case <-ctx.Done():
+		level.Info(logger).Log("msg", "Shutting down")
+	case err := <-webErr:
+		level.Error(logger).Log("msg", "Web server failed", "err", err)
+		code = exitRuntime
+	}
+	stop()
+	if err := <-done; err != nil {
+		level.Error(logger).Log("msg", "Adapter failed", "err", err)
+		code = exitRuntime
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	server.Shutdown(shutdownCtx) //nolint:errcheck // exiting anyway
+	return code
+}
+
+// runOnce does a single round for --once.
+func runOnce(ctx context.Context, d *consulsd.Discovery, a *adapter.Adapter, logger log.Logger) int {
+	groups, err := d.Refresh(ctx)
+	if err == nil {
+		err = a.Update(groups)
+	}
+	if err != nil {
+		level.Error(logger).Log("msg", "Refresh failed, output file left as it was", "err", err)
+		return exitRuntime
+	}
+	return 0
+}
+
+// usageError prints one line, as kingpin does for a bad flag, and returns the usage exit code.
+func usageError(err error) int {
+	fmt.Fprintf(os.Stderr, "%s: error: %s\n", programName, err)
+	return exitUsage
+}
+
+func newLogger(lvl, format string) log.Logger {
+	w := log.NewSyncWriter(os.Stderr)
+	logger := log.NewLogfmtLogger(w)
+	if format == "json" {
+		logger = log.NewJSONLogger(w)
+	}
+	logger = level.NewFilter(logger, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
+	return log.With(logger, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
+}

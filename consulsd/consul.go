@@ -1,0 +1,310 @@
+// Package consulsd discovers Prometheus targets in Consul. It implements
+// Prometheus's discovery.Discoverer: every refresh round lists the services,
+// queries each one's instances, and sends a full snapshot only when every
+// query of the round succeeded, so a fault never deletes targets.
+package consulsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	"golang.org/x/sync/errgroup"
+)
+
+// consulService is Consul's own service, left out unless asked for by name,
+// as the upstream custom-sd example does.
+const consulService = "consul"
+
+// Config says where Consul is and what to discover. The zero value of a
+// connection field means "as the Consul environment variables say"
+// (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
+type Config struct {
+	// Address is the Consul HTTP API, host:port or a URL with a scheme.
+	Address string
+	// Scheme is http or https.
+	Scheme string
+	// Datacenter to query; empty means the agent's own.
+	Datacenter string
+	// TokenFile holds the ACL token. The token itself is never a flag, so it
+	// cannot leak through the process list or --help.
+	TokenFile string
+	// CAFile, CertFile, KeyFile and ServerName configure TLS to Consul.
+	CAFile, CertFile, KeyFile, ServerName string
+	// InsecureSkipVerify turns off verification of Consul's certificate.
+	InsecureSkipVerify bool
+
+	// AllowStale lets any server answer; much cheaper on large clusters.
+	AllowStale bool
+	// Services is an allow-list of service names; empty means all but "consul".
+	Services []string
+	// Tags keeps only instances that have every one of these tags.
+	Tags []string
+	// Filter is a Consul filter expression applied to each service's
+	// /v1/health/service query (for example `Service.Meta.env == "prod"`).
+	Filter string
+	// TagSeparator joins an instance's tags in __meta_consul_tags.
+	TagSeparator string
+
+	// RefreshInterval is the period of the full refresh round.
+	RefreshInterval time.Duration
+	// RequestTimeout bounds every single request to Consul.
+	RequestTimeout time.Duration
+	// MaxConcurrency bounds the requests in flight to Consul at once.
+	MaxConcurrency int
+}
+
+// DefaultConfig holds the defaults of the command-line flags.
+var DefaultConfig = Config{
+	AllowStale:      true,
+	TagSeparator:    ",",
+	RefreshInterval: 30 * time.Second,
+	RequestTimeout:  10 * time.Second,
+	MaxConcurrency:  16,
+}
+
+// Discovery is a discovery.Discoverer for Consul services.
+type Discovery struct {
+	client  *api.Client
+	cfg     Config
+	logger  log.Logger
+	metrics *metrics
+
+	// sent holds the services of the last snapshot, so that the next one can
+	// carry an empty group for each that has gone. Only Refresh touches it.
+	sent map[string]struct{}
+}
+
+// New returns a Discovery for cfg. Its metrics are registered with reg.
+func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, error) {
+	if cfg.RefreshInterval <= 0 {
+		return nil, errors.New("refresh interval must be positive")
+	}
+	if cfg.RequestTimeout <= 0 {
+		return nil, errors.New("request timeout must be positive")
+	}
+	if cfg.MaxConcurrency < 1 {
+		return nil, errors.New("max concurrency must be at least 1")
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := newClient(cfg, m)
+	if err != nil {
+		return nil, err
+	}
+	return &Discovery{client: client, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}, nil
+}
+
+// newClient builds the Consul client: the environment first, flags on top.
+func newClient(cfg Config, m *metrics) (*api.Client, error) {
+	conf := api.DefaultConfig()
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&conf.Address, cfg.Address)
+	set(&conf.Scheme, cfg.Scheme)
+	set(&conf.Datacenter, cfg.Datacenter)
+	set(&conf.TokenFile, cfg.TokenFile)
+	set(&conf.TLSConfig.CAFile, cfg.CAFile)
+	set(&conf.TLSConfig.CertFile, cfg.CertFile)
+	set(&conf.TLSConfig.KeyFile, cfg.KeyFile)
+	set(&conf.TLSConfig.Address, cfg.ServerName)
+	if cfg.InsecureSkipVerify {
+		conf.TLSConfig.InsecureSkipVerify = true
+	}
+
+	// One idle connection per possible request in flight, so a round reuses
+	// its connections instead of opening new ones each time.
+	conf.Transport.MaxIdleConnsPerHost = cfg.MaxConcurrency
+	conf.Transport.MaxConnsPerHost = cfg.MaxConcurrency
+	httpClient, err := api.NewHttpClient(conf.Transport, conf.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul TLS configuration: %w", err)
+	}
+	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, duration: m.requestDuration}
+	conf.HttpClient = httpClient
+
+	client, err := api.NewClient(conf)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return client, nil
+}
+
+// Run refreshes on every tick until ctx ends, sending each successful
+// snapshot on ch. After a failure it retries sooner, with backoff and jitter.
+func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+
+		next := d.cfg.RefreshInterval
+		groups, err := d.Refresh(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			failures++
+			next = retryDelay(failures, d.cfg.RefreshInterval)
+			level.Error(d.logger).Log("msg", "Refresh failed, keeping the previous targets", "err", err, "retry_in", next)
+		default:
+			failures = 0
+			select {
+			case ch <- groups:
+			case <-ctx.Done():
+				return
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// retryDelay doubles from one second per consecutive failure, capped at the
+// refresh interval, with up to 20% jitter so that many adapters restarted
+// together do not hit a recovering Consul in step.
+func retryDelay(failures int, limit time.Duration) time.Duration {
+	d := limit
+	if failures < 30 {
+		d = min(time.Second<<(failures-1), limit)
+	}
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+// Refresh runs one round and returns the full snapshot: one group per
+// service, plus an empty group for each service of the previous snapshot that
+// is gone. On any error it returns nothing and the next round starts from the
+// same previous snapshot. Not safe for concurrent use.
+func (d *Discovery) Refresh(ctx context.Context) ([]*targetgroup.Group, error) {
+	start := time.Now()
+	groups, err := d.refresh(ctx)
+	d.metrics.refreshDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		d.metrics.refreshes.WithLabelValues("failure").Inc()
+		if ctx.Err() == nil {
+			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
+		}
+		return nil, err
+	}
+	d.metrics.refreshes.WithLabelValues("success").Inc()
+	d.metrics.lastSuccess.SetToCurrentTime()
+	return groups, nil
+}
+
+func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
+	names, err := d.listServices(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing services: %w", err)
+	}
+
+	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
+	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
+	g.SetLimit(d.cfg.MaxConcurrency)
+	for i, name := range names {
+		g.Go(func() error {
+			entries, err := d.serviceInstances(gctx, name)
+			if err != nil {
+				return fmt.Errorf("querying service %q: %w", name, err)
+			}
+			groups[i] = d.group(name, entries)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	current := make(map[string]struct{}, len(names))
+	targets := 0
+	for i, name := range names {
+		current[name] = struct{}{}
+		targets += len(groups[i].Targets)
+	}
+	// The Manager keeps a group until it gets an empty one with its source.
+	for name := range d.sent {
+		if _, ok := current[name]; !ok {
+			groups = append(groups, &targetgroup.Group{Source: name})
+		}
+	}
+	d.sent = current
+	d.metrics.services.Set(float64(len(names)))
+	d.metrics.targets.Set(float64(targets))
+	return groups, nil
+}
+
+// listServices returns the sorted names of the services to query.
+func (d *Discovery) listServices(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+	defer cancel()
+	services, _, err := d.client.Catalog().Services(d.queryOptions(ctx))
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(services))
+	for name, tags := range services {
+		if d.wanted(name, tags) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// wanted applies the allow-list, and skips services whose catalog tags (the
+// union over their instances) cannot satisfy the tag filter.
+func (d *Discovery) wanted(name string, tags []string) bool {
+	if len(d.cfg.Services) > 0 {
+		if !slices.Contains(d.cfg.Services, name) {
+			return false
+		}
+	} else if name == consulService {
+		return false
+	}
+	for _, t := range d.cfg.Tags {
+		if !slices.Contains(tags, t) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *Discovery) serviceInstances(ctx context.Context, name string) ([]*api.ServiceEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+	defer cancel()
+	opts := d.queryOptions(ctx)
+	opts.Filter = d.cfg.Filter
+	entries, _, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
+	return entries, err
+}
+
+func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
+	return (&api.QueryOptions{AllowStale: d.cfg.AllowStale}).WithContext(ctx)
+}
+
+// group turns one service's instances into its target group, one target each.
+func (d *Discovery) group(name string, entries []*api.ServiceEntry) *targetgroup.Group {
+	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(entries))}
+	for _, e := range entries {
+		g.Targets = append(g.Targets, targetLabels(e, d.cfg.TagSeparator))
+	}
+	return g
+}

@@ -1,0 +1,128 @@
+package consulsd
+
+import (
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/common/model"
+)
+
+func TestTargetLabels(t *testing.T) {
+	base := func() *api.ServiceEntry {
+		return &api.ServiceEntry{
+			Node: &api.Node{Node: "n1", Address: "10.0.0.1", Datacenter: "dc1"},
+			Service: &api.AgentService{
+				ID: "web-1", Service: "web", Port: 8080, Tags: []string{"a", "b"},
+			},
+			Checks: api.HealthChecks{{Status: api.HealthPassing}},
+		}
+	}
+	tests := []struct {
+		name      string
+		edit      func(*api.ServiceEntry)
+		separator string
+		want      model.LabelSet // only these labels are checked
+		absent    []model.LabelName
+	}{
+		{
+			name:      "node address when the service has none",
+			separator: ",",
+			want: model.LabelSet{
+				model.AddressLabel:  "10.0.0.1:8080",
+				addressLabel:        "10.0.0.1",
+				serviceAddressLabel: "",
+				servicePortLabel:    "8080",
+				nodeLabel:           "n1",
+				serviceLabel:        "web",
+				serviceIDLabel:      "web-1",
+				datacenterLabel:     "dc1",
+				tagsLabel:           ",a,b,",
+				healthLabel:         "passing",
+			},
+			absent: []model.LabelName{namespaceLabel, partitionLabel},
+		},
+		{
+			name:      "service address wins, IPv6 in brackets",
+			edit:      func(e *api.ServiceEntry) { e.Service.Address = "2001:db8::1" },
+			separator: ",",
+			want: model.LabelSet{
+				model.AddressLabel:  "[2001:db8::1]:8080",
+				serviceAddressLabel: "2001:db8::1",
+				addressLabel:        "10.0.0.1",
+			},
+		},
+		{
+			name:      "IPv6 node address",
+			edit:      func(e *api.ServiceEntry) { e.Node.Address = "::1" },
+			separator: ",",
+			want:      model.LabelSet{model.AddressLabel: "[::1]:8080"},
+		},
+		{
+			name:      "custom separator wraps the tags",
+			separator: ";",
+			want:      model.LabelSet{tagsLabel: ";a;b;"},
+		},
+		{
+			name:      "no tags still wrapped, as Prometheus does",
+			edit:      func(e *api.ServiceEntry) { e.Service.Tags = nil },
+			separator: ",",
+			want:      model.LabelSet{tagsLabel: ",,"},
+		},
+		{
+			name: "meta keys are sanitised",
+			edit: func(e *api.ServiceEntry) {
+				e.Node.Meta = map[string]string{"rack-id": "r1", "zone.name": "z"}
+				e.Service.Meta = map[string]string{"metrics/path": "/m", "ok_key": "v"}
+				e.Node.TaggedAddresses = map[string]string{"lan_ipv4": "10.0.0.1", "wan-v6": "::2"}
+			},
+			separator: ",",
+			want: model.LabelSet{
+				"__meta_consul_metadata_rack_id":              "r1",
+				"__meta_consul_metadata_zone_name":            "z",
+				"__meta_consul_service_metadata_metrics_path": "/m",
+				"__meta_consul_service_metadata_ok_key":       "v",
+				"__meta_consul_tagged_address_lan_ipv4":       "10.0.0.1",
+				"__meta_consul_tagged_address_wan_v6":         "::2",
+			},
+		},
+		{
+			name: "health is the worst check",
+			edit: func(e *api.ServiceEntry) {
+				e.Checks = api.HealthChecks{{Status: api.HealthPassing}, {Status: api.HealthCritical}, {Status: api.HealthWarning}}
+			},
+			separator: ",",
+			want:      model.LabelSet{healthLabel: "critical"},
+		},
+		{
+			name: "enterprise namespace and partition when set",
+			edit: func(e *api.ServiceEntry) {
+				e.Service.Namespace = "ns"
+				e.Service.Partition = "p"
+			},
+			separator: ",",
+			want:      model.LabelSet{namespaceLabel: "ns", partitionLabel: "p"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := base()
+			if tc.edit != nil {
+				tc.edit(e)
+			}
+			got := targetLabels(e, tc.separator)
+			for name, want := range tc.want {
+				if v, ok := got[name]; !ok || v != want {
+					t.Errorf("%s = %q (present %v), want %q", name, v, ok, want)
+				}
+			}
+			for _, name := range tc.absent {
+				if _, ok := got[name]; ok {
+					t.Errorf("%s present, want absent", name)
+				}
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("invalid label set: %v", err)
+			}
+		})
+	}
+}

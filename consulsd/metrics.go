@@ -1,0 +1,137 @@
+package consulsd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// namespace prefixes every metric of this program.
+const namespace = "consul_sd_adapter"
+
+// Failure reasons, the values of the "reason" label.
+const (
+	reasonTimeout    = "timeout"     // a request ran past --consul.request-timeout
+	reasonHTTPStatus = "http_status" // Consul answered with a non-2xx status
+	reasonDecode     = "decode"      // the answer could not be decoded
+	reasonConnection = "connection"  // anything else: refused, reset, TLS, DNS
+)
+
+type metrics struct {
+	refreshDuration prometheus.Histogram
+	refreshes       *prometheus.CounterVec
+	failures        *prometheus.CounterVec
+	lastSuccess     prometheus.Gauge
+	services        prometheus.Gauge
+	targets         prometheus.Gauge
+	requestDuration *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		refreshDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "refresh_duration_seconds",
+			Help:      "Duration of a full refresh round against Consul, successful or not.",
+			Buckets:   []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "refreshes_total",
+			Help:      "Refresh rounds by result (success, failure).",
+		}, []string{"result"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "refresh_failures_total",
+			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection).",
+		}, []string{"reason"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "last_successful_refresh_timestamp_seconds",
+			Help:      "Unix time of the last refresh round in which every Consul query succeeded.",
+		}),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "services",
+			Help:      "Services found in the last successful refresh.",
+		}),
+		targets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "targets",
+			Help:      "Service instances (targets) found in the last successful refresh.",
+		}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "consul_request_duration_seconds",
+			Help:      "Duration of HTTP requests to Consul by endpoint and status code (0: no answer).",
+			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"endpoint", "code"}),
+	}
+	for _, r := range []string{"success", "failure"} {
+		m.refreshes.WithLabelValues(r)
+	}
+	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection} {
+		m.failures.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{
+		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// failureReason sorts an error from the Consul client into a reason label.
+func failureReason(err error) string {
+	var status api.StatusError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return reasonTimeout
+	case errors.As(err, &status):
+		return reasonHTTPStatus
+	case errors.As(err, &syntax), errors.As(err, &typ), errors.Is(err, io.ErrUnexpectedEOF):
+		return reasonDecode
+	default:
+		return reasonConnection
+	}
+}
+
+// instrumentedTransport times every request to Consul. The endpoint label is
+// the API path without the service name, so its cardinality stays fixed.
+type instrumentedTransport struct {
+	next     http.RoundTripper
+	duration *prometheus.HistogramVec
+}
+
+func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(req)
+	code := "0"
+	if err == nil {
+		code = strconv.Itoa(resp.StatusCode)
+	}
+	t.duration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+// endpointOf maps "/v1/health/service/web" to "/v1/health/service".
+func endpointOf(path string) string {
+	for _, p := range []string{"/v1/health/service/", "/v1/catalog/service/"} {
+		if strings.HasPrefix(path, p) {
+			return strings.TrimSuffix(p, "/")
+		}
+	}
+	return path
+}
