@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+)
+
+// hangGuard bounds waits that only end if the program works; it is no
+// timing assertion, just a limit on how long a broken build hangs a test.
+const hangGuard = 30 * time.Second
+
+var binary string
+
+// TestMain builds the real binary once: these tests run it as a user would.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "consul-sd-adapter-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, programName)
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building %s: %v\n%s", programName, err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code   int
+	stdout string
+	stderr string
+}
+
+// runBinary runs the program to completion with a scrubbed Consul environment.
+func runBinary(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if exit, ok := err.(*exec.ExitError); ok {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// cleanEnv drops CONSUL_* variables of the machine running the tests.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONSUL_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// readTargets decodes a file_sd file as Prometheus does and returns its
+// targets by address.
+func readTargets(t *testing.T, path string) map[string]map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var groups []*targetgroup.Group
+	if err := json.Unmarshal(data, &groups); err != nil {
+		t.Fatalf("file_sd cannot decode %s: %v\n%s", path, err, data)
+	}
+	targets := map[string]map[string]string{}
+	for _, g := range groups {
+		for _, tg := range g.Targets {
+			labels := map[string]string{}
+			for k, v := range g.Labels {
+				labels[string(k)] = string(v)
+			}
+			targets[string(tg["__address__"])] = labels
+		}
+	}
+	return targets
+}
+
+func TestOnce(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "web", Port: 80})
+	out := filepath.Join(t.TempDir(), "custom_sd.json")
+
+	r := runBinary(t, nil, "--once", "--listen.address="+agent.Addr, "--output.file="+out)
+	if r.code != 0 {
+		t.Fatalf("--once exited %d: %s", r.code, r.stderr)
+	}
+	targets := readTargets(t, out)
+	if len(targets) != 2 || targets["10.0.0.1:80"]["__meta_consul_node"] != "n1" || targets["10.0.0.2:80"]["__meta_consul_node"] != "n2" {
+		t.Errorf("targets %v, want web on n1 and n2", targets)
+	}
+
+	t.Run("environment gives the address", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "custom_sd.yml")
+		r := runBinary(t, []string{"CONSUL_HTTP_ADDR=" + agent.Addr}, "--once", "--output.file="+out)
+		data, _ := os.ReadFile(out)
+		if r.code != 0 || !strings.Contains(string(data), "10.0.0.1:80") {
+			t.Errorf("exit %d, file %q: %s", r.code, data, r.stderr)
+		}
+	})
+
+	t.Run("failed round leaves the file alone", func(t *testing.T) {
+		before, _ := os.ReadFile(out)
+		proxy := faultproxy.Start(t, agent.Addr)
+		proxy.Set("/v1/health/service/web", faultproxy.Status500)
+		r := runBinary(t, nil, "--once", "--listen.address="+proxy.Addr, "--output.file="+out)
+		if r.code != 1 {
+			t.Errorf("exit %d, want 1", r.code)
+		}
+		if lines := strings.Count(strings.TrimSpace(r.stderr), "\n") + 1; lines != 1 || !strings.Contains(r.stderr, "500") {
+			t.Errorf("stderr has %d lines, want one error line naming the 500:\n%s", lines, r.stderr)
+		}
+		after, _ := os.ReadFile(out)
+		if !bytes.Equal(before, after) {
+			t.Errorf("file changed by a failed round:\n%s\n->\n%s", before, after)
+		}
+	})
+}
+
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "custom_sd.json")
+	if err := os.WriteFile(existing, []byte("[]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sub.json"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "unknown long flag"},
+		{"bad duration", []string{"--refresh.interval=soon"}, "invalid duration"},
+		{"missing output directory", []string{"--output.file=" + filepath.Join(dir, "nope", "x.json")}, "output directory"},
+		{"output is a directory", []string{"--output.file=" + filepath.Join(dir, "sub.json")}, "not a regular file"},
+		{"not a file_sd extension", []string{"--output.file=" + filepath.Join(dir, "x.txt")}, "must end in .json"},
+		{"bad file mode", []string{"--output.file=" + existing, "--output.file-mode=rw"}, "octal"},
+		{"world-writable mode", []string{"--output.file=" + existing, "--output.file-mode=0666"}, "world-writable"},
+		{"zero concurrency", []string{"--output.file=" + existing, "--consul.max-concurrency=0"}, "concurrency"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runBinary(t, nil, append(tc.args, "--once", "--listen.address=127.0.0.1:1")...)
+			if r.code != 2 {
+				t.Errorf("exit %d, want 2", r.code)
+			}
+			stderr := strings.TrimSpace(r.stderr)
+			if strings.Contains(stderr, "\n") || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "goroutine") {
+				t.Errorf("stderr %q, want one line containing %q", stderr, tc.want)
+			}
+			if data, _ := os.ReadFile(existing); string(data) != "[]\n" {
+				t.Errorf("existing output overwritten: %q", data)
+			}
+		})
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, arg := range []string{"--help", "--version"} {
+		r := runBinary(t, []string{"CONSUL_HTTP_TOKEN=s3cr3t-token-in-env"}, arg)
+		if r.code != 0 || !strings.Contains(r.stdout+r.stderr, programName) {
+			t.Errorf("%s: exit %d, output %q", arg, r.code, r.stdout+r.stderr)
+		}
+		if strings.Contains(r.stdout+r.stderr, "s3cr3t") {
+			t.Errorf("%s shows the token", arg)
+		}
+	}
+}
+
+// daemon is the program running in the background.
+type daemon struct {
+	cmd    *exec.Cmd
+	web    string
+	stderr *bytes.Buffer
+	done   chan struct{}
+}
+
+func startDaemon(t *testing.T, env []string, args ...string) *daemon {
+	t.Helper()
+	web := freeAddr(t)
+	cmd := exec.Command(binary, append(args, "--web.listen-address="+web, "--log.level=debug")...)
+	cmd.Env = append(cleanEnv(), env...)
+	d := &daemon{cmd: cmd, web: web, stderr: &bytes.Buffer{}, done: make(chan struct{})}
+	cmd.Stderr = &syncWriter{w: d.stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-d.done
+		if t.Failed() {
+			t.Logf("adapter log:\n%s", d.stderr)
+		}
+	})
+	return d
+}
+
+func (d *daemon) get(path string) (int, string) {
+	resp, err := http.Get("http://" + d.web + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// metric returns the value of one sample line of /metrics, or -1.
+func (d *daemon) metric(series string) float64 {
+	_, body := d.get("/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDaemon(t *testing.T) {
+	agent := consultest.Start(t)
+	web1 := consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web1)
+	proxy := faultproxy.Start(t, agent.Addr)
+	out := filepath.Join(t.TempDir(), "custom_sd.json")
+	d := startDaemon(t, []string{"CONSUL_HTTP_TOKEN=s3cr3t-token-in-env"},
+		"--listen.address="+proxy.Addr, "--output.file="+out, "--refresh.interval=100ms")
+
+	eventually(t, "/-/ready", func() bool { code, _ := d.get("/-/ready"); return code == 200 })
+	if code, _ := d.get("/-/healthy"); code != 200 {
+		t.Errorf("/-/healthy answered %d", code)
+	}
+	if _, ok := readTargets(t, out)["10.0.0.1:80"]; !ok {
+		t.Fatalf("web on n1 missing from %v", readTargets(t, out))
+	}
+
+	// A new instance reaches the file.
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "web", Port: 80})
+	eventually(t, "the new instance in the file", func() bool { _, ok := readTargets(t, out)["10.0.0.2:80"]; return ok })
+
+	// While one query fails, the file stays byte-identical, even though the
+	// catalog changed underneath.
+	before, _ := os.ReadFile(out)
+	failed := d.metric(`consul_sd_adapter_refreshes_total{result="failure"}`)
+	proxy.Set("/v1/health/service/web", faultproxy.Status500)
+	agent.DeregisterNode(t, "n1")
+	eventually(t, "three failed rounds", func() bool {
+		return d.metric(`consul_sd_adapter_refreshes_total{result="failure"}`) >= failed+3
+	})
+	if after, _ := os.ReadFile(out); !bytes.Equal(before, after) {
+		t.Fatalf("file changed while a query failed:\n%s\n->\n%s", before, after)
+	}
+	if d.metric(`consul_sd_adapter_refresh_failures_total{reason="http_status"}`) < 1 {
+		t.Error("failures not counted by reason")
+	}
+	proxy.ClearAll()
+	eventually(t, "recovery", func() bool { _, ok := readTargets(t, out)["10.0.0.1:80"]; return !ok })
+
+	// SIGTERM: clean exit, status 0, file whole.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(hangGuard):
+		t.Fatal("no exit after SIGTERM")
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+	readTargets(t, out)
+	if strings.Contains(d.stderr.String(), "s3cr3t") {
+		t.Error("the token appears in the debug log")
+	}
+}
+
+// TestConsulDownAtStart: the daemon starts, is not ready and writes nothing
+// until Consul answers.
+func TestConsulDownAtStart(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
+	agent.Stop()
+	out := filepath.Join(t.TempDir(), "custom_sd.json")
+	d := startDaemon(t, nil, "--listen.address="+agent.Addr, "--output.file="+out, "--refresh.interval=100ms")
+
+	eventually(t, "a failed round", func() bool {
+		return d.metric(`consul_sd_adapter_refreshes_total{result="failure"}`) >= 1
+	})
+	if code, _ := d.get("/-/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("/-/ready answered %d with Consul down, want 503", code)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("file written with Consul down")
+	}
+	agent.Restart(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
+	eventually(t, "the file once Consul is back", func() bool {
+		_, err := os.Stat(out)
+		return err == nil && len(readTargets(t, out)) == 1
+	})
+	eventually(t, "/-/ready", func() bool { code, _ := d.get("/-/ready"); return code == 200 })
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncWriter lets the test read a log the child process is still writing.
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}

@@ -1,0 +1,282 @@
+package consulsd_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+)
+
+// hangGuard bounds waits that only end if the code works; it is no timing
+// assertion, just a limit on how long a broken build makes the test hang.
+const hangGuard = 30 * time.Second
+
+func newDiscovery(t *testing.T, addr string, edit func(*consulsd.Config)) (*consulsd.Discovery, *prometheus.Registry) {
+	t.Helper()
+	cfg := consulsd.DefaultConfig
+	cfg.Address = addr
+	cfg.RefreshInterval = 100 * time.Millisecond
+	if edit != nil {
+		edit(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	d, err := consulsd.New(cfg, log.NewNopLogger(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, reg
+}
+
+func refresh(t *testing.T, d *consulsd.Discovery) map[string]*targetgroup.Group {
+	t.Helper()
+	groups, err := d.Refresh(context.Background())
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	bySource := map[string]*targetgroup.Group{}
+	for _, g := range groups {
+		bySource[g.Source] = g
+	}
+	return bySource
+}
+
+// byNode indexes a group's targets by their node label.
+func byNode(g *targetgroup.Group) map[string]model.LabelSet {
+	m := map[string]model.LabelSet{}
+	if g == nil {
+		return m
+	}
+	for _, tg := range g.Targets {
+		m[string(tg["__meta_consul_node"])] = tg
+	}
+	return m
+}
+
+func TestEachInstanceHasItsOwnLabels(t *testing.T) {
+	agent := consultest.Start(t)
+	for i := 1; i <= 3; i++ {
+		agent.RegisterInstance(t, consultest.Instance{
+			Node:        fmt.Sprintf("node-%d", i),
+			NodeAddress: fmt.Sprintf("10.0.0.%d", i),
+			NodeMeta:    map[string]string{"rack-id": fmt.Sprintf("r%d", i)},
+			Service:     "web",
+			Port:        8080 + i,
+			Tags:        []string{"frontend", fmt.Sprintf("v%d", i)},
+			Meta:        map[string]string{"instance": fmt.Sprint(i)},
+			Health:      map[int]string{1: "passing", 2: "warning", 3: "critical"}[i],
+		})
+	}
+	d, _ := newDiscovery(t, agent.Addr, nil)
+
+	groups := refresh(t, d)
+	if _, ok := groups["consul"]; ok {
+		t.Error("Consul's own service discovered, want it left out by default")
+	}
+	targets := byNode(groups["web"])
+	if len(targets) != 3 {
+		t.Fatalf("web has %d targets, want 3: %v", len(targets), groups["web"])
+	}
+	for i := 1; i <= 3; i++ {
+		tg := targets[fmt.Sprintf("node-%d", i)]
+		want := model.LabelSet{
+			"__address__":                             model.LabelValue(fmt.Sprintf("10.0.0.%d:%d", i, 8080+i)),
+			"__meta_consul_address":                   model.LabelValue(fmt.Sprintf("10.0.0.%d", i)),
+			"__meta_consul_metadata_rack_id":          model.LabelValue(fmt.Sprintf("r%d", i)),
+			"__meta_consul_service_metadata_instance": model.LabelValue(fmt.Sprint(i)),
+			"__meta_consul_tags":                      model.LabelValue(fmt.Sprintf(",frontend,v%d,", i)),
+			"__meta_consul_health":                    model.LabelValue(map[int]string{1: "passing", 2: "warning", 3: "critical"}[i]),
+			"__meta_consul_service":                   "web",
+			"__meta_consul_dc":                        "dc1",
+		}
+		for name, v := range want {
+			if tg[name] != v {
+				t.Errorf("node-%d: %s = %q, want %q", i, name, tg[name], v)
+			}
+		}
+	}
+
+	agent.DeregisterNode(t, "node-2")
+	targets = byNode(refresh(t, d)["web"])
+	if _, ok := targets["node-2"]; ok || len(targets) != 2 {
+		t.Errorf("after deregistering node-2: targets on %v, want node-1 and node-3", keys(targets))
+	}
+
+	agent.DeregisterNode(t, "node-1")
+	agent.DeregisterNode(t, "node-3")
+	groups = refresh(t, d)
+	if g, ok := groups["web"]; !ok || len(g.Targets) != 0 {
+		t.Errorf("web vanished: got %v, want an empty group so the Manager drops its targets", g)
+	}
+	if _, ok := refresh(t, d)["web"]; ok {
+		t.Error("the empty group for a vanished service is sent again in the next round")
+	}
+}
+
+func TestSelection(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", ID: "web-1", Port: 1, Tags: []string{"prod"}, Meta: map[string]string{"env": "prod"}})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", ID: "web-2", Port: 2, Tags: []string{"canary"}, Meta: map[string]string{"env": "staging"}})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "db", Port: 3, Tags: []string{"prod"}})
+
+	tests := []struct {
+		name string
+		edit func(*consulsd.Config)
+		want map[string]int // targets per service
+	}{
+		{"everything but consul", nil, map[string]int{"web": 2, "db": 1}},
+		{"allow-list", func(c *consulsd.Config) { c.Services = []string{"db", "consul"} }, map[string]int{"db": 1, "consul": 1}},
+		{"tag", func(c *consulsd.Config) { c.Tags = []string{"prod"} }, map[string]int{"web": 1, "db": 1}},
+		{"filter expression", func(c *consulsd.Config) { c.Filter = `Service.Meta.env == "staging"` }, map[string]int{"web": 1, "db": 0}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := newDiscovery(t, agent.Addr, tc.edit)
+			got := map[string]int{}
+			for name, g := range refresh(t, d) {
+				got[name] = len(g.Targets)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("targets per service %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestOneFailedQueryFailsTheRound: one service answering 500 means no
+// snapshot at all, and the failure is counted with its reason.
+func TestOneFailedQueryFailsTheRound(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "db", Port: 5432})
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, reg := newDiscovery(t, proxy.Addr, nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan []*targetgroup.Group)
+	done := make(chan struct{})
+	proxy.Set("/v1/health/service/db", faultproxy.Status500)
+	go func() { d.Run(ctx, ch); close(done) }()
+
+	// Several failed rounds, and not one snapshot from them.
+	deadline := time.After(hangGuard)
+	for proxy.Requests("/v1/health/service/db") < 3 {
+		select {
+		case g := <-ch:
+			t.Fatalf("snapshot sent while a query failed: %v", g)
+		case <-deadline:
+			t.Fatal("no retries of the failed round")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if got := failures(t, reg, "http_status"); got < 1 {
+		t.Errorf("http_status failures = %v, want at least 1", got)
+	}
+
+	proxy.Clear("/v1/health/service/db")
+	select {
+	case groups := <-ch:
+		if len(groups) != 2 {
+			t.Errorf("snapshot after recovery has %d groups, want 2", len(groups))
+		}
+	case <-deadline:
+		t.Fatal("no snapshot after the fault cleared")
+	}
+	cancel()
+	<-done
+}
+
+// TestRunStopsMidRound: a request that hangs must not hold up shutdown.
+func TestRunStopsMidRound(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	proxy := faultproxy.Start(t, agent.Addr)
+	proxy.Set("/v1/health/service/web", faultproxy.Hang)
+	d, _ := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RequestTimeout = time.Hour })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx, make(chan []*targetgroup.Group)); close(done) }()
+	for proxy.Requests("/v1/health/service/web") == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(hangGuard):
+		t.Fatal("Run did not return after its context ended during a hanging request")
+	}
+}
+
+func TestFaultsFailTheRound(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	proxy := faultproxy.Start(t, agent.Addr)
+	tests := []struct {
+		fault  faultproxy.Fault
+		reason string
+	}{
+		{faultproxy.Status500, "http_status"},
+		{faultproxy.Status403, "http_status"},
+		{faultproxy.Status429, "http_status"},
+		{faultproxy.Status503, "http_status"},
+		{faultproxy.Hang, "timeout"},
+		{faultproxy.Reset, "connection"},
+		{faultproxy.Truncate, "decode"},
+		{faultproxy.BadJSON, "decode"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.fault.String(), func(t *testing.T) {
+			d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RequestTimeout = 500 * time.Millisecond })
+			refresh(t, d) // a good round first
+			proxy.Set("/v1/health/service/web", tc.fault)
+			defer proxy.ClearAll()
+			if groups, err := d.Refresh(context.Background()); err == nil {
+				t.Fatalf("round succeeded under %v: %v", tc.fault, groups)
+			}
+			if got := failures(t, reg, tc.reason); got != 1 {
+				t.Errorf("failures{reason=%q} = %v, want 1", tc.reason, got)
+			}
+		})
+	}
+}
+
+// failures reads consul_sd_adapter_refresh_failures_total{reason=...}.
+func failures(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "consul_sd_adapter_refresh_failures_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no failure counter for reason %q", reason)
+	return 0
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

@@ -1,0 +1,78 @@
+package consultest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// GenerateCerts writes a fresh CA and a server certificate signed by it,
+// valid for 127.0.0.1, localhost and server.dc1.consul, into a temporary
+// directory, for WithTLS. It returns the PEM file paths.
+func GenerateCerts(t testing.TB) (caFile, certFile, keyFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	fail := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("consultest.GenerateCerts: %v", err)
+		}
+	}
+	// Backdated so that clock skew cannot make them not yet valid.
+	notBefore := time.Now().Add(-time.Hour)
+	notAfter := time.Now().Add(24 * time.Hour)
+
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	fail(err)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "consultest CA"},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	fail(err)
+	caCert, err := x509.ParseCertificate(caDER)
+	fail(err)
+
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	fail(err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "server.dc1.consul"},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		// Client auth too: Consul uses the same certificate for outgoing
+		// connections when told to verify them.
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{"localhost", "server.dc1.consul"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	fail(err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	fail(err)
+
+	write := func(name, typ string, der []byte) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		fail(os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		return path
+	}
+	return write("ca.pem", "CERTIFICATE", caDER),
+		write("server.pem", "CERTIFICATE", der),
+		write("server-key.pem", "PRIVATE KEY", keyDER)
+}

@@ -1,0 +1,47 @@
+package consultest
+
+import "fmt"
+
+// Option configures an agent started by Start.
+type Option func(*config)
+
+type config struct {
+	aclToken string // initial management token; empty means ACLs off
+	tls      *tlsFiles
+}
+
+type tlsFiles struct {
+	ca, cert, key string
+}
+
+// WithACL enables ACLs with default policy "deny" and token as the initial
+// management token. The token is also the agent's own token (so the agent
+// can keep its node registered) and the token of Agent.Client, so helpers
+// keep working; build another client to test what other tokens may do.
+func WithACL(token string) Option {
+	return func(c *config) { c.aclToken = token }
+}
+
+// WithTLS serves the HTTP API over HTTPS only (plain HTTP is disabled),
+// using the given PEM files. Client certificates are not required.
+// Agent.Client trusts caFile. GenerateCerts creates suitable files.
+func WithTLS(caFile, certFile, keyFile string) Option {
+	return func(c *config) { c.tls = &tlsFiles{ca: caFile, cert: certFile, key: keyFile} }
+}
+
+// hcl returns the configuration fragment for the options, passed with -hcl.
+// %q quoting is valid HCL for the paths and tokens used here.
+func (c *config) hcl() []string {
+	var out []string
+	if c.aclToken != "" {
+		out = append(out, fmt.Sprintf(
+			`acl { enabled = true default_policy = "deny" tokens { initial_management = %q agent = %q } }`,
+			c.aclToken, c.aclToken))
+	}
+	if c.tls != nil {
+		out = append(out, fmt.Sprintf(
+			`tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false verify_outgoing = false } }`,
+			c.tls.ca, c.tls.cert, c.tls.key))
+	}
+	return out
+}

@@ -1,0 +1,260 @@
+package faultproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy forwards HTTP requests to one Consul agent, applying the fault set
+// for each request's path. It is safe for concurrent use.
+type Proxy struct {
+	// Addr is the host:port the proxy listens on (on 127.0.0.1).
+	Addr string
+	// URL is the proxy's base URL, "http://" + Addr.
+	URL string
+
+	srv       *httptest.Server
+	rp        *httputil.ReverseProxy
+	transport *http.Transport
+	// ctx is cancelled by Close. It ends held and in-flight requests, which
+	// could otherwise keep Close waiting for minutes (blocking queries).
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	faults map[string]Fault
+	counts map[string]int
+	total  int
+}
+
+// Start starts a proxy to target, an agent's "host:port" or base URL
+// ("http://host:port"; for "https://" the agent's certificate is not
+// verified, the proxy itself always serves plain HTTP). The proxy is closed
+// when the test ends.
+func Start(t testing.TB, target string) *Proxy {
+	t.Helper()
+	if !strings.Contains(target, "://") {
+		target = "http://" + target
+	}
+	u, err := url.Parse(target)
+	if err != nil || u.Host == "" {
+		t.Fatalf("faultproxy: bad target %q: %v", target, err)
+	}
+
+	p := &Proxy{faults: map[string]Fault{}, counts: map[string]int{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.transport = &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// No ResponseHeaderTimeout: blocking queries wait up to
+		// minutes for their headers.
+	}
+	if u.Scheme == "https" {
+		p.transport.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // loopback test agent
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u) // keeps path and query; headers (X-Consul-Token) pass as they are
+		},
+		Transport: p.transport,
+		// Stream every write at once: a blocking query's answer must not
+		// wait in a buffer.
+		FlushInterval:  -1,
+		ModifyResponse: modifyResponse,
+		ErrorHandler:   errorHandler,
+		// Requests cut short by clients and by Close are expected here.
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	p.URL = p.srv.URL
+	p.Addr = strings.TrimPrefix(p.srv.URL, "http://")
+	t.Cleanup(p.Close)
+	return p
+}
+
+// Close stops the proxy: it drops held and in-flight requests, closes all
+// connections, and returns once every handler has returned. Clients see
+// their connections closed and, afterwards, connections refused. Closing
+// twice is fine.
+func (p *Proxy) Close() {
+	p.cancel()
+	p.srv.Close()
+	p.transport.CloseIdleConnections()
+}
+
+// Set makes requests for path fail with f from now on. path matches the
+// request's URL path exactly, or, if it ends with "*", as a prefix; an
+// exact match wins over prefixes, and the longest prefix over shorter ones.
+// Setting the zero Fault{} exempts a path from a prefix's fault.
+func (p *Proxy) Set(path string, f Fault) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.faults[path] = f
+}
+
+// Clear removes the fault set for path (as given to Set).
+func (p *Proxy) Clear(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.faults, path)
+}
+
+// ClearAll removes all faults: every request is forwarded unchanged.
+func (p *Proxy) ClearAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	clear(p.faults)
+}
+
+// Requests returns how many requests for exactly path have arrived,
+// whatever their fault.
+func (p *Proxy) Requests(path string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.counts[path]
+}
+
+// TotalRequests returns how many requests have arrived in all.
+func (p *Proxy) TotalRequests() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total
+}
+
+// record counts a request for path and returns its fault.
+func (p *Proxy) record(path string) Fault {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.counts[path]++
+	p.total++
+	if f, ok := p.faults[path]; ok {
+		return f
+	}
+	var found Fault
+	longest := -1
+	for pattern, f := range p.faults {
+		prefix, ok := strings.CutSuffix(pattern, "*")
+		if ok && len(prefix) > longest && strings.HasPrefix(path, prefix) {
+			found, longest = f, len(prefix)
+		}
+	}
+	return found
+}
+
+// faultKey carries a request's Fault to modifyResponse, which sees only
+// the outgoing request.
+type faultKey struct{}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	f := p.record(r.URL.Path)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)()
+	r = r.WithContext(context.WithValue(ctx, faultKey{}, f))
+
+	switch f.kind {
+	case kindStatus:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(f.status)
+		io.WriteString(w, f.body)
+	case kindHang:
+		<-ctx.Done()
+		// Drop the connection without an answer, as a dead agent would.
+		panic(http.ErrAbortHandler)
+	case kindReset:
+		reset(w)
+	case kindDelay:
+		timer := time.NewTimer(f.delay)
+		defer timer.Stop()
+		select {
+		case <-ctx.Done():
+			panic(http.ErrAbortHandler)
+		case <-timer.C:
+		}
+		p.rp.ServeHTTP(w, r)
+	case kindTruncate:
+		p.rp.ServeHTTP(w, r)
+		// The body is short of its Content-Length; closing the connection
+		// now makes the client see it at once.
+		panic(http.ErrAbortHandler)
+	default: // kindNone, kindBadJSON, kindIndexBackwards: see modifyResponse
+		p.rp.ServeHTTP(w, r)
+	}
+}
+
+// reset closes the client's connection with an RST instead of a FIN:
+// SO_LINGER 0 discards unsent data and resets, so the client reads
+// "connection reset by peer" rather than a clean EOF.
+func reset(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	conn.Close()
+}
+
+// modifyResponse applies the faults that alter the agent's real answer.
+func modifyResponse(resp *http.Response) error {
+	f, _ := resp.Request.Context().Value(faultKey{}).(Fault)
+	switch f.kind {
+	case kindIndexBackwards:
+		// Only where the agent sent an index: elsewhere there is nothing
+		// to go backwards.
+		if resp.Header.Get("X-Consul-Index") != "" {
+			resp.Header.Set("X-Consul-Index", "1")
+		}
+	case kindBadJSON:
+		// The agent's headers are kept (index, last contact) so that the
+		// body is the only thing wrong.
+		resp.Body.Close()
+		resp.StatusCode = http.StatusOK
+		resp.Header.Del("Content-Encoding")
+		setBody(resp, []byte("{not json"))
+	case kindTruncate:
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		setBody(resp, body)
+		resp.Body = io.NopCloser(bytes.NewReader(body[:len(body)/2]))
+	}
+	return nil
+}
+
+// setBody replaces resp's body and declares its length.
+func setBody(resp *http.Response, body []byte) {
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.TransferEncoding = nil
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+}
+
+// errorHandler answers when the agent could not be reached or answered
+// badly.
+func errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The client left or the proxy is closing: nobody to answer, and
+		// a closing proxy should look like a vanished agent.
+		panic(http.ErrAbortHandler)
+	}
+	http.Error(w, fmt.Sprintf("faultproxy: %v", err), http.StatusBadGateway)
+}
