@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 )
 
 // consulService is Consul's own service, left out unless asked for by name,
@@ -62,6 +63,12 @@ type Config struct {
 	RequestTimeout time.Duration
 	// MaxConcurrency bounds the requests in flight to Consul at once.
 	MaxConcurrency int
+	// Watch keeps blocking queries open on the catalog so that a change
+	// starts a round at once instead of at the next tick.
+	Watch bool
+	// MinRoundInterval is the least time between two rounds woken by the
+	// watch: a cluster in constant churn cannot make the adapter spin.
+	MinRoundInterval time.Duration
 }
 
 // DefaultConfig holds the defaults of the command-line flags.
@@ -71,6 +78,9 @@ var DefaultConfig = Config{
 	RefreshInterval: 30 * time.Second,
 	RequestTimeout:  10 * time.Second,
 	MaxConcurrency:  16,
+	Watch:           true,
+	// Short enough that a change reaches the file well within a second.
+	MinRoundInterval: 200 * time.Millisecond,
 }
 
 // Discovery is a discovery.Discoverer for Consul services.
@@ -80,9 +90,12 @@ type Discovery struct {
 	logger  log.Logger
 	metrics *metrics
 
-	// sent holds the services of the last snapshot, so that the next one can
-	// carry an empty group for each that has gone. Only Refresh touches it.
-	sent map[string]struct{}
+	// What the last successful round saw, so that the next one can tell
+	// whether anything changed and which services have gone. Only Refresh
+	// touches these.
+	state    catalogState
+	snapshot []*targetgroup.Group
+	sent     map[string]struct{}
 }
 
 // New returns a Discovery for cfg. Its metrics are registered with reg.
@@ -95,6 +108,9 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	}
 	if cfg.MaxConcurrency < 1 {
 		return nil, errors.New("max concurrency must be at least 1")
+	}
+	if cfg.Watch && cfg.MinRoundInterval <= 0 {
+		return nil, errors.New("minimum round interval must be positive")
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
@@ -145,9 +161,17 @@ func newClient(cfg Config, m *metrics) (*api.Client, error) {
 	return client, nil
 }
 
-// Run refreshes on every tick until ctx ends, sending each successful
-// snapshot on ch. After a failure it retries sooner, with backoff and jitter.
+// Run refreshes on every tick, and early when the watch sees Consul change,
+// until ctx ends, sending each successful snapshot on ch. After a failure it
+// retries sooner, with backoff and jitter.
 func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
+	wake := make(chan struct{}, 1)
+	if d.cfg.Watch {
+		d.watch(ctx, wake)
+	}
+	// A token bucket rather than a fixed pause: a single change is handled
+	// at once, a storm of changes at most once per MinRoundInterval.
+	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	failures := 0
@@ -156,6 +180,10 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-wake:
+			if limiter.Wait(ctx) != nil {
+				return
+			}
 		}
 
 		next := d.cfg.RefreshInterval
@@ -211,9 +239,18 @@ func (d *Discovery) Refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 }
 
 func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
-	names, err := d.listServices(ctx)
+	names, servicesIndex, err := d.listServices(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing services: %w", err)
+	}
+	// Read before the per-service queries: a change during the round then
+	// shows as a moved index in the next one.
+	state, err := d.readState(ctx, servicesIndex)
+	if err != nil {
+		return nil, fmt.Errorf("reading catalog indexes: %w", err)
+	}
+	if d.snapshot != nil && state == d.state {
+		return d.snapshot, nil // nothing changed: a round of three requests
 	}
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
@@ -239,6 +276,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 		current[name] = struct{}{}
 		targets += len(groups[i].Targets)
 	}
+	d.state, d.snapshot = state, groups[:len(names):len(names)]
 	// The Manager keeps a group until it gets an empty one with its source.
 	for name := range d.sent {
 		if _, ok := current[name]; !ok {
@@ -251,13 +289,14 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 	return groups, nil
 }
 
-// listServices returns the sorted names of the services to query.
-func (d *Discovery) listServices(ctx context.Context) ([]string, error) {
+// listServices returns the sorted names of the services to query, and the
+// index of the services table.
+func (d *Discovery) listServices(ctx context.Context) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
-	services, _, err := d.client.Catalog().Services(d.queryOptions(ctx))
+	services, meta, err := d.client.Catalog().Services(d.queryOptions(ctx))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	names := make([]string, 0, len(services))
 	for name, tags := range services {
@@ -266,7 +305,7 @@ func (d *Discovery) listServices(ctx context.Context) ([]string, error) {
 		}
 	}
 	sort.Strings(names)
-	return names, nil
+	return names, meta.LastIndex, nil
 }
 
 // wanted applies the allow-list, and skips services whose catalog tags (the

@@ -3,6 +3,7 @@ package consulsd_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -238,6 +239,8 @@ func TestFaultsFailTheRound(t *testing.T) {
 		t.Run(tc.fault.String(), func(t *testing.T) {
 			d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RequestTimeout = 500 * time.Millisecond })
 			refresh(t, d) // a good round first
+			// A change, so that the next round has to query the service again.
+			agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "web", ID: "web-" + tc.fault.String(), Port: 81})
 			proxy.Set("/v1/health/service/web", tc.fault)
 			defer proxy.ClearAll()
 			if groups, err := d.Refresh(context.Background()); err == nil {
@@ -279,4 +282,137 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// truth reads, straight from the agent, what the targets should be: a key
+// per instance of every service but consul's own, with the labels that a
+// change could touch.
+func truth(t *testing.T, agent *consultest.Agent) map[string]string {
+	t.Helper()
+	services, _, err := agent.Client.Catalog().Services(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for name := range services {
+		if name == "consul" {
+			continue
+		}
+		entries, _, err := agent.Client.Health().Service(name, "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			want[e.Node.Node+"/"+e.Service.ID] = fmt.Sprintf("health=%s rack=%s tags=%v port=%d",
+				e.Checks.AggregatedStatus(), e.Node.Meta["rack"], e.Service.Tags, e.Service.Port)
+		}
+	}
+	return want
+}
+
+// seen is what a snapshot says, in the same shape as truth.
+func seen(groups map[string]*targetgroup.Group) map[string]string {
+	got := map[string]string{}
+	for _, g := range groups {
+		for _, tg := range g.Targets {
+			tags := strings.Split(strings.Trim(string(tg["__meta_consul_tags"]), ","), ",")
+			if tags[0] == "" {
+				tags = []string{}
+			}
+			got[string(tg["__meta_consul_node"])+"/"+string(tg["__meta_consul_service_id"])] = fmt.Sprintf("health=%s rack=%s tags=%v port=%s",
+				tg["__meta_consul_health"], tg["__meta_consul_metadata_rack"], tags, tg["__meta_consul_service_port"])
+		}
+	}
+	return got
+}
+
+// TestQuietRoundsMissNoChange: rounds without a change in Consul skip the
+// per-service queries, and every kind of change is still picked up by the
+// very next round.
+func TestQuietRoundsMissNoChange(t *testing.T) {
+	agent := consultest.Start(t)
+	web1 := consultest.Instance{Node: "n1", NodeMeta: map[string]string{"rack": "r1"}, Service: "web", ID: "web-1", Port: 80, Tags: []string{"a"}}
+	web2 := consultest.Instance{Node: "n2", NodeMeta: map[string]string{"rack": "r2"}, Service: "web", ID: "web-2", Port: 80}
+	agent.RegisterInstance(t, web1)
+	agent.RegisterInstance(t, web2)
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, _ := newDiscovery(t, proxy.Addr, nil)
+
+	check := func(step string) {
+		t.Helper()
+		if got, want := seen(refresh(t, d)), truth(t, agent); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after %s:\n got %v\nwant %v", step, got, want)
+		}
+	}
+	check("start")
+
+	before := proxy.Requests("/v1/health/service/web")
+	for range 5 {
+		check("a quiet round")
+	}
+	if n := proxy.Requests("/v1/health/service/web") - before; n != 0 {
+		t.Errorf("%d per-service queries in 5 quiet rounds, want 0", n)
+	}
+
+	steps := []struct {
+		name   string
+		change func()
+	}{
+		{"a health flip", func() { agent.SetHealth(t, web1, "critical") }},
+		{"a health flip back", func() { agent.SetHealth(t, web1, "passing") }},
+		{"a node meta change", func() {
+			web2.NodeMeta = map[string]string{"rack": "r9"}
+			agent.RegisterInstance(t, web2)
+		}},
+		{"a tag change", func() {
+			web1.Tags = []string{"a", "b"}
+			agent.RegisterInstance(t, web1)
+		}},
+		{"a port change", func() {
+			web1.Port = 81
+			agent.RegisterInstance(t, web1)
+		}},
+		{"a registration", func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "web", ID: "web-3", Port: 80}) }},
+		{"a new service", func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "db", Port: 5432}) }},
+		{"a deregistration", func() { agent.DeregisterInstance(t, "n3", "web-3") }},
+		{"a node deregistration", func() { agent.DeregisterNode(t, "n3") }},
+	}
+	for _, step := range steps {
+		step.change()
+		check(step.name)
+		check(step.name + ", then a quiet round")
+	}
+}
+
+// TestWatchWakesTheRound: with a refresh interval far beyond the test's
+// patience, a change still reaches the channel, through the blocking query.
+func TestWatchWakesTheRound(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	d, _ := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan []*targetgroup.Group)
+	go d.Run(ctx, ch)
+
+	next := func() map[string]string {
+		select {
+		case groups := <-ch:
+			bySource := map[string]*targetgroup.Group{}
+			for _, g := range groups {
+				bySource[g.Source] = g
+			}
+			return seen(bySource)
+		case <-time.After(hangGuard):
+			t.Fatal("no snapshot: the watch did not wake the round")
+			return nil
+		}
+	}
+	next() // the first round runs at once
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "web", Port: 80})
+	for got := next(); len(got) != 2; got = next() {
+	}
+	agent.SetHealth(t, consultest.Instance{Node: "n2", Service: "web", Port: 80}, "critical")
+	for got := next(); got["n2/web"] != "health=critical rack= tags=[] port=80"; got = next() {
+	}
 }

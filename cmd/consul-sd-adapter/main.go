@@ -88,6 +88,10 @@ func run(args []string) int {
 		Default(cfg.RequestTimeout.String()).DurationVar(&cfg.RequestTimeout)
 	app.Flag("consul.max-concurrency", "Most requests in flight to Consul at once (1 queries services one after another).").
 		Default(strconv.Itoa(cfg.MaxConcurrency)).IntVar(&cfg.MaxConcurrency)
+	app.Flag("consul.watch", "Keep blocking queries open on the catalog so that a change is written at once, not at the next refresh.").
+		Default(strconv.FormatBool(cfg.Watch)).BoolVar(&cfg.Watch)
+	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
+		Default(cfg.MinRoundInterval.String()).DurationVar(&cfg.MinRoundInterval)
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
 
 	if _, err := app.Parse(args); err != nil {

@@ -1,0 +1,139 @@
+package consulsd
+
+import (
+	"context"
+	"time"
+
+	"github.com/go-kit/log/level"
+	"github.com/hashicorp/consul/api"
+)
+
+// matchNothing is a filter no entry satisfies. Consul computes a query's
+// X-Consul-Index before filtering, so a filtered query is a cheap way to read
+// the index of a whole table without transferring the table.
+const matchNothing = `Node == "consul-sd-adapter/no-such-node"`
+
+// watchWait is the longest a blocking query waits for a change.
+const watchWait = 5 * time.Minute
+
+// catalogState holds the Raft indexes of the three tables that a service's
+// health entries are built from. While none of them moves, no instance,
+// label or health status can have changed, so a round can skip the
+// per-service queries.
+type catalogState struct {
+	services uint64 // registrations, deregistrations, tags, meta, addresses
+	nodes    uint64 // node addresses, node meta, tagged addresses
+	checks   uint64 // health
+}
+
+// indexQuery is one blocking-capable read whose answer we ignore: only the
+// index in its QueryMeta matters.
+type indexQuery struct {
+	name  string
+	query func(*api.QueryOptions) (*api.QueryMeta, error)
+}
+
+func (d *Discovery) indexQueries() []indexQuery {
+	return []indexQuery{
+		{"services", func(o *api.QueryOptions) (*api.QueryMeta, error) {
+			_, meta, err := d.client.Catalog().Services(o)
+			return meta, err
+		}},
+		{"nodes", func(o *api.QueryOptions) (*api.QueryMeta, error) {
+			o.Filter = matchNothing
+			_, meta, err := d.client.Catalog().Nodes(o)
+			return meta, err
+		}},
+		{"checks", func(o *api.QueryOptions) (*api.QueryMeta, error) {
+			o.Filter = matchNothing
+			_, meta, err := d.client.Health().State(api.HealthAny, o)
+			return meta, err
+		}},
+	}
+}
+
+// readState reads the nodes and checks indexes; the services index comes
+// from the round's own service listing.
+func (d *Discovery) readState(ctx context.Context, servicesIndex uint64) (catalogState, error) {
+	state := catalogState{services: servicesIndex}
+	for _, q := range d.indexQueries()[1:] {
+		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+		meta, err := q.query(d.queryOptions(rctx))
+		cancel()
+		if err != nil {
+			return catalogState{}, err
+		}
+		if q.name == "nodes" {
+			state.nodes = meta.LastIndex
+		} else {
+			state.checks = meta.LastIndex
+		}
+	}
+	return state, nil
+}
+
+// watch runs one blocking query per table and signals wake whenever an index
+// moves, so a change reaches the file without waiting for the next tick.
+func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) {
+	for _, q := range d.indexQueries() {
+		go d.watchIndex(ctx, q, wake)
+	}
+}
+
+// watchIndex follows Consul's rules for blocking queries: the index starts
+// at (and never goes below) 1, is reset when it goes backwards (a restored
+// snapshot, another server), and the client waits longer than the server
+// may hold the request (wait plus up to wait/16 of jitter).
+func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- struct{}) {
+	var index uint64
+	failures := 0
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, watchWait+watchWait/16+d.cfg.RequestTimeout)
+		opts := d.queryOptions(rctx)
+		opts.WaitIndex, opts.WaitTime = index, watchWait
+		meta, err := q.query(opts)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			delay := retryDelay(failures, d.cfg.RefreshInterval)
+			level.Debug(d.logger).Log("msg", "Watch failed, retrying", "table", q.name, "err", err, "retry_in", delay)
+			if !sleep(ctx, delay) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		next := meta.LastIndex
+		switch {
+		case next < index:
+			next = 0 // went backwards: start over, and refresh to be safe
+			signal(wake)
+		case next != index && index != 0:
+			signal(wake)
+		}
+		index = max(next, 1)
+	}
+}
+
+// signal wakes the round without blocking; one pending wake is enough.
+func signal(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
+// sleep waits for d or until ctx ends, and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
