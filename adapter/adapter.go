@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/discovery"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
-	sloggokit "github.com/tjhop/slog-gokit"
 )
 
 // providerName names our Discoverer inside the Manager and in its metrics.
@@ -39,6 +38,8 @@ type Config struct {
 	OutputFile string
 	// FileMode is the output file's permission bits.
 	FileMode os.FileMode
+	// ManagerLogger is what the discovery Manager logs to; nil discards.
+	ManagerLogger *slog.Logger
 }
 
 // Adapter writes the targets of a Discoverer to a file_sd file.
@@ -49,10 +50,23 @@ type Adapter struct {
 	logger  log.Logger
 	reg     prometheus.Registerer
 	metrics *metrics
+	mlogger *slog.Logger
 
 	// written is what the file holds now, so unchanged snapshots cost no I/O.
-	written []byte
-	ready   atomic.Bool
+	written   []byte
+	writtenAt time.Time
+	ready     atomic.Bool
+	// current is the last snapshot written, for http_sd and the status page.
+	current atomic.Pointer[Snapshot]
+}
+
+// Snapshot is the state of the output as of the last successful update.
+type Snapshot struct {
+	Entries []Entry
+	// JSON is Entries in file_sd JSON, which is also what http_sd serves.
+	JSON []byte
+	// Updated is when the snapshot was taken; Written when the file last changed.
+	Updated, Written time.Time
 }
 
 // New returns an Adapter. It reads the current output file, if any, so that a
@@ -69,9 +83,12 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 	if err != nil {
 		return nil, err
 	}
-	a := &Adapter{path: cfg.OutputFile, format: format, mode: cfg.FileMode, logger: logger, reg: reg, metrics: m}
+	a := &Adapter{path: cfg.OutputFile, format: format, mode: cfg.FileMode, logger: logger, reg: reg, metrics: m, mlogger: cfg.ManagerLogger}
 	if b, err := os.ReadFile(cfg.OutputFile); err == nil {
 		a.written = b
+		if st, err := os.Stat(cfg.OutputFile); err == nil {
+			a.writtenAt = st.ModTime()
+		}
 	}
 	return a, nil
 }
@@ -79,16 +96,18 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 // Ready reports whether the file reflects a successful discovery round.
 func (a *Adapter) Ready() bool { return a.ready.Load() }
 
+// Current returns the last successful snapshot, or nil before the first.
+func (a *Adapter) Current() *Snapshot { return a.current.Load() }
+
 // Run starts the Manager with d as its only provider and writes every update
 // until ctx ends. A failed write is retried until it succeeds or a newer
 // update replaces it.
 func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
-	slogger := slog.New(sloggokit.NewGoKitHandler(log.With(a.logger, "component", "discovery manager"), nil))
 	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(a.reg)
 	if err != nil {
 		return err
 	}
-	mgr := discovery.NewManager(ctx, slogger, a.reg, sdMetrics, discovery.Name("consul_sd_adapter"), discovery.Updatert(managerThrottle))
+	mgr := discovery.NewManager(ctx, a.mlogger, a.reg, sdMetrics, discovery.Name("consul_sd_adapter"), discovery.Updatert(managerThrottle))
 	if mgr == nil {
 		return errors.New("could not create the discovery manager")
 	}
@@ -124,20 +143,31 @@ func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
 
 // Update writes groups to the output file if the content changed.
 func (a *Adapter) Update(groups []*targetgroup.Group) error {
-	data, err := Render(Entries(groups), a.format)
+	entries := Entries(groups)
+	data, err := Render(entries, a.format)
 	if err != nil {
 		return err
 	}
+	jsonData := data
+	if a.format != JSON {
+		if jsonData, err = Render(entries, JSON); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	snap := &Snapshot{Entries: entries, JSON: jsonData, Updated: now, Written: a.writtenAt}
 	if !bytes.Equal(data, a.written) {
 		if err := WriteFileAtomic(a.path, data, a.mode); err != nil {
 			a.metrics.writeFailures.Inc()
 			return err
 		}
-		a.written = data
+		a.written, a.writtenAt = data, now
+		snap.Written = now
 		a.metrics.writes.Inc()
 		a.metrics.lastWrite.SetToCurrentTime()
 		level.Info(a.logger).Log("msg", "Wrote targets", "file", a.path, "bytes", len(data))
 	}
+	a.current.Store(snap)
 	a.ready.Store(true)
 	return nil
 }

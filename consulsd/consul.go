@@ -27,6 +27,11 @@ import (
 // as the upstream custom-sd example does.
 const consulService = "consul"
 
+// errACLFiltered is returned when Consul hid every result from our ACL
+// token. Consul answers such reads with 200 and an empty list; taken at face
+// value that would delete every target, so it fails the round instead.
+var errACLFiltered = errors.New("the ACL token may read nothing in the catalog (Consul hides what a token may not read): check the token and its service:read and node:read permissions")
+
 // Config says where Consul is and what to discover. The zero value of a
 // connection field means "as the Consul environment variables say"
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...).
@@ -96,7 +101,13 @@ type Discovery struct {
 	state    catalogState
 	snapshot []*targetgroup.Group
 	sent     map[string]struct{}
+	targets  int
+
+	status statusRecorder
 }
+
+// Status returns how the latest rounds went. Safe for concurrent use.
+func (d *Discovery) Status() Status { return d.status.get() }
 
 // New returns a Discovery for cfg. Its metrics are registered with reg.
 func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, error) {
@@ -230,11 +241,14 @@ func (d *Discovery) Refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 		d.metrics.refreshes.WithLabelValues("failure").Inc()
 		if ctx.Err() == nil {
 			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
+			d.status.record(err, 0, 0)
 		}
 		return nil, err
 	}
 	d.metrics.refreshes.WithLabelValues("success").Inc()
 	d.metrics.lastSuccess.SetToCurrentTime()
+	level.Debug(d.logger).Log("msg", "Refresh done", "services", len(d.sent), "targets", d.targets, "duration", time.Since(start))
+	d.status.record(nil, len(d.sent), d.targets)
 	return groups, nil
 }
 
@@ -284,6 +298,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 		}
 	}
 	d.sent = current
+	d.targets = targets
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
 	return groups, nil
@@ -297,6 +312,11 @@ func (d *Discovery) listServices(ctx context.Context) ([]string, uint64, error) 
 	services, meta, err := d.client.Catalog().Services(d.queryOptions(ctx))
 	if err != nil {
 		return nil, 0, err
+	}
+	// Every Consul datacenter lists at least its servers' own "consul"
+	// service, so an empty list means the token may read none of it.
+	if len(services) == 0 {
+		return nil, 0, errACLFiltered
 	}
 	names := make([]string, 0, len(services))
 	for name, tags := range services {
@@ -331,7 +351,10 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string) ([]*api.S
 	defer cancel()
 	opts := d.queryOptions(ctx)
 	opts.Filter = d.cfg.Filter
-	entries, _, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
+	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
+	if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
+		return nil, errACLFiltered
+	}
 	return entries, err
 }
 

@@ -37,6 +37,7 @@ func TestFailureReason(t *testing.T) {
 		{&syntax, reasonDecode},
 		{io.ErrUnexpectedEOF, reasonDecode},
 		{errors.New("connection refused"), reasonConnection},
+		{fmt.Errorf("listing services: %w", errACLFiltered), reasonACL},
 	}
 	for _, tc := range tests {
 		if got := failureReason(tc.err); got != tc.want {

@@ -372,7 +372,9 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 			web1.Port = 81
 			agent.RegisterInstance(t, web1)
 		}},
-		{"a registration", func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "web", ID: "web-3", Port: 80}) }},
+		{"a registration", func() {
+			agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "web", ID: "web-3", Port: 80})
+		}},
 		{"a new service", func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "db", Port: 5432}) }},
 		{"a deregistration", func() { agent.DeregisterInstance(t, "n3", "web-3") }},
 		{"a node deregistration", func() { agent.DeregisterNode(t, "n3") }},

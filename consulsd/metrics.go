@@ -23,6 +23,7 @@ const (
 	reasonHTTPStatus = "http_status" // Consul answered with a non-2xx status
 	reasonDecode     = "decode"      // the answer could not be decoded
 	reasonConnection = "connection"  // anything else: refused, reset, TLS, DNS
+	reasonACL        = "acl"         // Consul hid every result from our token
 )
 
 type metrics struct {
@@ -51,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "refresh_failures_total",
-			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection).",
+			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection, acl).",
 		}, []string{"reason"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace,
@@ -78,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"success", "failure"} {
 		m.refreshes.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection} {
+	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{
@@ -99,6 +100,8 @@ func failureReason(err error) string {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return reasonTimeout
+	case errors.Is(err, errACLFiltered):
+		return reasonACL
 	case errors.As(err, &status):
 		return reasonHTTPStatus
 	case errors.As(err, &syntax), errors.As(err, &typ), errors.Is(err, io.ErrUnexpectedEOF):

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -20,6 +21,7 @@ import (
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+	sloggokit "github.com/tjhop/slog-gokit"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/adapter"
 	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
@@ -102,7 +104,7 @@ func run(args []string) int {
 		return usageError(fmt.Errorf("--output.file-mode %q is not an octal permission", *fileMode))
 	}
 
-	logger := newLogger(*logLevel, *logFormat)
+	logger, slogger := newLoggers(*logLevel, *logFormat)
 	if err := adapter.CheckWritable(*outputFile); err != nil {
 		return usageError(err)
 	}
@@ -117,7 +119,11 @@ func run(args []string) int {
 	if err != nil {
 		return usageError(err)
 	}
-	writer, err := adapter.New(adapter.Config{OutputFile: *outputFile, FileMode: os.FileMode(mode)}, log.With(logger, "component", "adapter"), reg)
+	writer, err := adapter.New(adapter.Config{
+		OutputFile:    *outputFile,
+		FileMode:      os.FileMode(mode),
+		ManagerLogger: slogger.With("component", "discovery manager"),
+	}, log.With(logger, "component", "adapter"), reg)
 	if err != nil {
 		return usageError(err)
 	}
@@ -130,9 +136,9 @@ func run(args []string) int {
 	}
 
 	level.Info(logger).Log("msg", "Starting "+programName, "version", version.Info(), "output_file", *outputFile)
-	server := &http.Server{Handler: newWebHandler(reg, writer), ReadHeaderTimeout: 10 * time.Second}
+	server := &http.Server{Handler: newWebHandler(reg, discoverer, writer, *outputFile), ReadHeaderTimeout: 10 * time.Second}
 	webErr := make(chan error, 1)
-	go func() { webErr <- serveWeb(server, webFlags, logger) }()
+	go func() { webErr <- serveWeb(server, webFlags, slogger.With("component", "web")) }()
 
 	done := make(chan error, 1)
 	go func() { done <- writer.Run(ctx, discoverer) }()
@@ -175,12 +181,18 @@ func usageError(err error) int {
 	return exitUsage
 }
 
-func newLogger(lvl, format string) log.Logger {
+// newLoggers returns the go-kit logger and, writing through it, the
+// *slog.Logger that Prometheus's libraries take. The slog handler adds its
+// own time and caller, so it gets the logger before those are added.
+func newLoggers(lvl, format string) (log.Logger, *slog.Logger) {
 	w := log.NewSyncWriter(os.Stderr)
-	logger := log.NewLogfmtLogger(w)
+	base := log.NewLogfmtLogger(w)
 	if format == "json" {
-		logger = log.NewJSONLogger(w)
+		base = log.NewJSONLogger(w)
 	}
-	logger = level.NewFilter(logger, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
-	return log.With(logger, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
+	base = level.NewFilter(base, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
+	var slogLevel slog.Level
+	slogLevel.UnmarshalText([]byte(lvl)) //nolint:errcheck // kingpin allows only valid names
+	slogger := slog.New(sloggokit.NewGoKitHandler(base, slogLevel))
+	return log.With(base, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller), slogger
 }

@@ -5,18 +5,19 @@ import (
 	"log/slog"
 	"net/http"
 
-	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
-	sloggokit "github.com/tjhop/slog-gokit"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/adapter"
+	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
 )
 
+// httpSDPath serves the targets for Prometheus's http_sd_configs.
+const httpSDPath = "/targets"
+
 // newWebHandler serves the operational endpoints.
-func newWebHandler(reg *prometheus.Registry, a *adapter.Adapter) http.Handler {
+func newWebHandler(reg *prometheus.Registry, d *consulsd.Discovery, a *adapter.Adapter, outputFile string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
@@ -31,26 +32,15 @@ func newWebHandler(reg *prometheus.Registry, a *adapter.Adapter) http.Handler {
 		}
 		w.Write([]byte("Ready.\n"))
 	})
-	landing, err := web.NewLandingPage(web.LandingConfig{
-		Name:        programName,
-		Description: "Discovers services in Consul for Prometheus's file_sd_configs.",
-		Version:     version.Info(),
-		Links: []web.LandingLinks{
-			{Address: "/metrics", Text: "Metrics"},
-			{Address: "/-/ready", Text: "Readiness"},
-		},
-	})
-	if err == nil {
-		mux.Handle("/", landing)
-	}
+	mux.Handle(httpSDPath, a.HTTPSDHandler())
+	mux.Handle("/", statusHandler(d, a, outputFile))
 	return mux
 }
 
 // serveWeb runs the web server with exporter-toolkit, which adds TLS and
 // basic auth from --web.config.file.
-func serveWeb(server *http.Server, flags *web.FlagConfig, logger log.Logger) error {
-	slogger := slog.New(sloggokit.NewGoKitHandler(log.With(logger, "component", "web"), nil))
-	if err := web.ListenAndServe(server, flags, slogger); err != nil && !errors.Is(err, http.ErrServerClosed) {
+func serveWeb(server *http.Server, flags *web.FlagConfig, logger *slog.Logger) error {
+	if err := web.ListenAndServe(server, flags, logger); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
