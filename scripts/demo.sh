@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Runs the dev stack of docker-compose.yml from local binaries, for machines
+# without Docker: a Consul dev agent with the example services of consul.json,
+# the adapter writing .demo/prometheus/sd/custom_sd.json, and Prometheus
+# reading it through the repository's prometheus.yml, unchanged.
+#
+# Waits until Prometheus has picked up the example services, prints what it
+# sees, then runs until Ctrl-C and stops all three.
+#
+# DEMO_CHECK=1: exit after the summary instead, 0 if Prometheus found every
+# example service and agrees with Consul about which ones are up, non-zero
+# otherwise (for smoke tests).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+demo=.demo
+wait_seconds=${DEMO_WAIT_SECONDS:-60}
+consul_addr=127.0.0.1:8500
+prom_addr=127.0.0.1:9090
+adapter_addr=127.0.0.1:9841
+
+say() { echo "demo: $*" >&2; }
+die() { echo "demo: $*" >&2; exit 1; }
+
+# Every address is fixed because consul.json registers the stack under them;
+# finding one taken is better said now than as a crash in some log.
+for addr in "$consul_addr" "$prom_addr" "$adapter_addr"; do
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+    die "$addr is already in use (an earlier demo or docker compose stack still running?); stop it and retry"
+  fi
+done
+
+command -v curl >/dev/null || die "curl is required"
+command -v python3 >/dev/null || die "python3 is required"
+
+# --- binaries ---------------------------------------------------------------
+
+say "locating Consul (tools/consul/build.sh builds it on first use, ~10 min)"
+consul=$(tools/consul/build.sh)
+
+if ! command -v prometheus >/dev/null; then
+  sudo=
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "prometheus is not installed and there is no sudo; install Debian's prometheus package"
+    sudo=sudo
+  fi
+  say "prometheus not found; installing Debian's package: apt-get update && apt-get install -y prometheus"
+  $sudo apt-get update
+  # The package tries to start its own service; that fails harmlessly
+  # without systemd, and the demo runs its own Prometheus anyway.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y prometheus
+fi
+prometheus=$(command -v prometheus)
+
+say "building the adapter"
+mkdir -p "$demo/bin"
+go build -o "$demo/bin/consul-sd-adapter" ./cmd/consul-sd-adapter
+
+# --- work directory ---------------------------------------------------------
+
+# Start from nothing each time: a stale custom_sd.json or TSDB would show
+# targets from an earlier run.
+rm -rf "$demo/prometheus" "$demo"/*.log
+mkdir -p "$demo/prometheus/sd"
+# prometheus.yml reads sd/custom_sd.json relative to its own directory, so
+# next to the copy that is .demo/prometheus/sd/, where the adapter writes.
+cp prometheus.yml "$demo/prometheus/prometheus.yml"
+
+# --- processes --------------------------------------------------------------
+
+pids=()
+stop() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Fails with the tail of a process's log if it has already exited.
+alive() {
+  local pid=$1 name=$2 log=$3
+  if ! kill -0 "$pid" 2>/dev/null; then
+    say "$name exited; last lines of $log:"
+    tail -n 20 "$log" >&2 || true
+    exit 1
+  fi
+}
+
+say "starting Consul ($consul), log $demo/consul.log"
+"$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -config-file=consul.json \
+  >"$demo/consul.log" 2>&1 &
+consul_pid=$!
+pids+=("$consul_pid")
+
+# The adapter would retry on its own; waiting for a leader only keeps its
+# log free of connection errors from the first seconds.
+leader=
+for _ in $(seq 60); do
+  alive "$consul_pid" consul "$demo/consul.log"
+  leader=$(curl -fsS "http://$consul_addr/v1/status/leader" 2>/dev/null || true)
+  [ -n "$leader" ] && [ "$leader" != '""' ] && break
+  sleep 0.5
+done
+
+say "starting consul-sd-adapter, log $demo/adapter.log"
+"$demo/bin/consul-sd-adapter" \
+  --listen.address="$consul_addr" \
+  --output.file="$demo/prometheus/sd/custom_sd.json" \
+  --web.listen-address="$adapter_addr" \
+  --refresh.interval=5s \
+  >"$demo/adapter.log" 2>&1 &
+adapter_pid=$!
+pids+=("$adapter_pid")
+
+say "starting Prometheus ($prometheus), log $demo/prometheus.log"
+"$prometheus" \
+  --config.file="$demo/prometheus/prometheus.yml" \
+  --storage.tsdb.path="$demo/prometheus/data" \
+  --web.listen-address="$prom_addr" \
+  >"$demo/prometheus.log" 2>&1 &
+prom_pid=$!
+pids+=("$prom_pid")
+
+# --- wait for Prometheus to see the services --------------------------------
+
+# Reads a saved answer of Prometheus's /api/v1/targets and consul.json's
+# services, prints one line per target, and exits 0 once every example
+# service instance is a target whose scrape result agrees with its Consul
+# health (passing = up, critical = down), 1 while that is not so yet.
+summarize() {
+  python3 - "$repo/consul.json" "$1" <<'EOF'
+import json, sys
+
+services = json.load(open(sys.argv[1]))["services"]
+want = {(s["name"], "%s:%d" % (s["address"], s["port"])) for s in services}
+
+targets = json.load(open(sys.argv[2]))["data"]["activeTargets"]
+seen = {}
+for t in targets:
+    labels, found = t["labels"], t["discoveredLabels"]
+    key = (labels.get("job", ""), labels.get("instance", ""))
+    seen[key] = (t["health"], found.get("__meta_consul_health", "?"))
+
+ok = True
+for job, instance in sorted(seen):
+    scrape, consul = seen[(job, instance)]
+    print("  %-18s %-16s prometheus=%-7s consul=%s" % (job, instance, scrape, consul))
+for key in sorted(want - set(seen)):
+    print("  %-18s %-16s not a target yet" % key)
+    ok = False
+for key in want & set(seen):
+    scrape, consul = seen[key]
+    if (scrape, consul) not in {("up", "passing"), ("down", "critical")}:
+        ok = False
+sys.exit(0 if ok else 1)
+EOF
+}
+
+say "waiting up to ${wait_seconds}s for Prometheus to scrape the services of consul.json"
+ready=false
+summary=
+deadline=$((SECONDS + wait_seconds))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  alive "$consul_pid" consul "$demo/consul.log"
+  alive "$adapter_pid" consul-sd-adapter "$demo/adapter.log"
+  alive "$prom_pid" prometheus "$demo/prometheus.log"
+  if curl -fsS -o "$demo/targets.json" "http://$prom_addr/api/v1/targets" 2>/dev/null; then
+    if summary=$(summarize "$demo/targets.json"); then
+      ready=true
+      break
+    fi
+  fi
+  sleep 2
+done
+
+echo
+echo "Targets as Prometheus sees them (web-1 and web-2 listen nowhere, so they are down):"
+echo "${summary:-  (Prometheus did not answer)}"
+echo
+echo "  Prometheus  http://$prom_addr/targets"
+echo "  adapter     http://$adapter_addr/  (status page; also /metrics and /targets for http_sd)"
+echo "  Consul      http://$consul_addr/ui"
+echo "  logs        $demo/consul.log $demo/adapter.log $demo/prometheus.log"
+echo
+
+if [ "$ready" != true ]; then
+  say "after ${wait_seconds}s Prometheus still does not show every service of consul.json with the health Consul reports"
+fi
+
+if [ "${DEMO_CHECK:-0}" = 1 ]; then
+  [ "$ready" = true ] || exit 1
+  say "DEMO_CHECK: ok"
+  exit 0
+fi
+
+say "running; Ctrl-C stops Consul, the adapter and Prometheus"
+# wait returns as soon as any one of them exits (or on Ctrl-C, via the trap).
+wait -n "${pids[@]}" || true
+alive "$consul_pid" consul "$demo/consul.log"
+alive "$adapter_pid" consul-sd-adapter "$demo/adapter.log"
+alive "$prom_pid" prometheus "$demo/prometheus.log"
