@@ -154,10 +154,13 @@ func newClient(cfg Config, m *metrics) (*api.Client, error) {
 		conf.TLSConfig.InsecureSkipVerify = true
 	}
 
-	// One idle connection per possible request in flight, so a round reuses
-	// its connections instead of opening new ones each time.
-	conf.Transport.MaxIdleConnsPerHost = cfg.MaxConcurrency
-	conf.Transport.MaxConnsPerHost = cfg.MaxConcurrency
+	// The round's requests plus the watch's blocking queries, which hold
+	// their connections for minutes: without room for those, a round could
+	// wait for a connection until a blocking query returns. As many idle
+	// connections are kept, so a round reuses them instead of dialling.
+	conns := cfg.MaxConcurrency + watchedTables
+	conf.Transport.MaxIdleConnsPerHost = conns
+	conf.Transport.MaxConnsPerHost = conns
 	httpClient, err := api.NewHttpClient(conf.Transport, conf.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS configuration: %w", err)

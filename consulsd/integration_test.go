@@ -388,10 +388,15 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 
 // TestWatchWakesTheRound: with a refresh interval far beyond the test's
 // patience, a change still reaches the channel, through the blocking query.
+// It runs with one request in flight at most, so the blocking queries must
+// not take the connection the round needs.
 func TestWatchWakesTheRound(t *testing.T) {
 	agent := consultest.Start(t)
 	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
-	d, _ := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	d, _ := newDiscovery(t, agent.Addr, func(c *consulsd.Config) {
+		c.RefreshInterval = time.Hour
+		c.MaxConcurrency = 1
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := make(chan []*targetgroup.Group)

@@ -16,6 +16,9 @@ const matchNothing = `Node == "consul-sd-adapter/no-such-node"`
 // watchWait is the longest a blocking query waits for a change.
 const watchWait = 5 * time.Minute
 
+// watchedTables is how many blocking queries the watch keeps open.
+const watchedTables = 3
+
 // catalogState holds the Raft indexes of the three tables that a service's
 // health entries are built from. While none of them moves, no instance,
 // label or health status can have changed, so a round can skip the
