@@ -10,7 +10,7 @@ LDFLAGS     := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$
                -X $(VERSION_PKG).Branch=main -X $(VERSION_PKG).BuildUser=make
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test lint demo bench consul prometheus deps clean
+.PHONY: all build test lint demo bench soak consul prometheus chromium deps clean
 
 all: build
 
@@ -28,7 +28,13 @@ prometheus:
 		echo "installing Debian's prometheus package"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
-deps: consul prometheus
+# Debian's Chromium, for the status page test in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium package"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+deps: consul prometheus chromium
 	$(GO) mod download
 
 test: deps
@@ -44,6 +50,11 @@ demo: deps
 
 bench: deps
 	CONSUL_BIN="$$(tools/consul/build.sh)" $(GO) run ./internal/bench $(BENCH_FLAGS)
+
+# Hours-long behaviour in minutes: the adapter against a churning catalog,
+# checked for correctness, failures and leaks. SOAK_FLAGS="-duration=2m".
+soak: consul
+	CONSUL_BIN="$$(tools/consul/build.sh)" $(GO) run ./internal/soak $(SOAK_FLAGS)
 
 clean:
 	rm -rf $(BINARY) .demo
