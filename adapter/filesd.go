@@ -131,7 +131,7 @@ func Render(entries []Entry, f Format) ([]byte, error) {
 		if len(entries) == 0 {
 			return []byte("[]\n"), nil
 		}
-		return yaml.Marshal(entries)
+		return yaml.Marshal(yamlEntries(entries))
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -141,4 +141,29 @@ func Render(entries []Entry, f Format) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// yamlEntry spells out the label order: yaml.v2 sorts map keys with a
+// "natural" comparison of digit runs that is not a total order (gpu2 < gpu10
+// < gpu1a < gpu2), so a map would render in random order from run to run.
+type yamlEntry struct {
+	Targets []string      `yaml:"targets"`
+	Labels  yaml.MapSlice `yaml:"labels"`
+}
+
+func yamlEntries(entries []Entry) []yamlEntry {
+	out := make([]yamlEntry, len(entries))
+	for i, e := range entries {
+		names := make([]string, 0, len(e.Labels))
+		for n := range e.Labels {
+			names = append(names, string(n))
+		}
+		slices.Sort(names)
+		labels := make(yaml.MapSlice, len(names))
+		for j, n := range names {
+			labels[j] = yaml.MapItem{Key: n, Value: string(e.Labels[model.LabelName(n)])}
+		}
+		out[i] = yamlEntry{Targets: e.Targets, Labels: labels}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package consulsd
 
 import (
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -83,8 +84,18 @@ func targetLabels(e *api.ServiceEntry, tagSeparator string) model.LabelSet {
 }
 
 // addPrefixed adds one label per map entry, its key made a valid label name.
+// Keys that sanitise to the same name ("env-name", "env_name") collide; the
+// first in sorted order wins, so the same entry always gives the same labels.
 func addPrefixed(labels model.LabelSet, prefix string, m map[string]string) {
-	for k, v := range m {
-		labels[model.LabelName(prefix+strutil.SanitizeLabelName(k))] = model.LabelValue(v)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		name := model.LabelName(prefix + strutil.SanitizeLabelName(k))
+		if _, taken := labels[name]; !taken {
+			labels[name] = model.LabelValue(m[k])
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/go-kit/log/level"
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
 )
 
 // matchNothing is a filter no entry satisfies. Consul computes a query's
@@ -90,7 +91,10 @@ func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) {
 func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- struct{}) {
 	var index uint64
 	failures := 0
-	for ctx.Err() == nil {
+	// A blocking query that keeps returning at once (an index stuck below
+	// the server's, a proxy that rewrites it) must not become a hot loop.
+	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
+	for limiter.Wait(ctx) == nil {
 		rctx, cancel := context.WithTimeout(ctx, watchWait+watchWait/16+d.cfg.RequestTimeout)
 		opts := d.queryOptions(rctx)
 		opts.WaitIndex, opts.WaitTime = index, watchWait
