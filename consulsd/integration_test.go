@@ -346,12 +346,15 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 	}
 	check("start")
 
+	// The agent itself touches the catalog now and then (anti-entropy right
+	// after start, its own checks), which rightly costs a full round; without
+	// the shortcut, every one of the ten rounds would query the service.
 	before := proxy.Requests("/v1/health/service/web")
-	for range 5 {
+	for range 10 {
 		check("a quiet round")
 	}
-	if n := proxy.Requests("/v1/health/service/web") - before; n != 0 {
-		t.Errorf("%d per-service queries in 5 quiet rounds, want 0", n)
+	if n := proxy.Requests("/v1/health/service/web") - before; n > 2 {
+		t.Errorf("%d per-service queries in 10 quiet rounds, want at most 2", n)
 	}
 
 	steps := []struct {
