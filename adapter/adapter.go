@@ -83,6 +83,9 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 	if err != nil {
 		return nil, err
 	}
+	if err := RemoveStaleTemps(cfg.OutputFile); err != nil {
+		return nil, fmt.Errorf("removing temporary files of an earlier run: %w", err)
+	}
 	a := &Adapter{path: cfg.OutputFile, format: format, mode: cfg.FileMode, logger: logger, reg: reg, metrics: m, mlogger: cfg.ManagerLogger}
 	if b, err := os.ReadFile(cfg.OutputFile); err == nil {
 		a.written = b

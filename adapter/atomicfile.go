@@ -17,7 +17,7 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	if dir == "" {
 		dir = "."
 	}
-	tmp, err := os.CreateTemp(dir, "."+base+".*.tmp")
+	tmp, err := os.CreateTemp(dir, tempPattern(base))
 	if err != nil {
 		return err
 	}
@@ -76,10 +76,33 @@ func CheckWritable(path string) error {
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("output file: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	f, err := os.CreateTemp(dir, tempPattern(filepath.Base(path)))
 	if err != nil {
 		return fmt.Errorf("output directory %s is not writable: %w", dir, err)
 	}
 	f.Close()
 	return os.Remove(f.Name())
+}
+
+// tempPattern names the temporary files for the output file base: hidden,
+// and ending in .tmp so that no file_sd glob (*.json, *.yml) matches.
+func tempPattern(base string) string { return "." + base + ".*.tmp" }
+
+// RemoveStaleTemps deletes temporary files that a killed process left next
+// to path. Only names of our own pattern are touched.
+func RemoveStaleTemps(path string) error {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	stale, err := filepath.Glob(filepath.Join(dir, tempPattern(base)))
+	if err != nil {
+		return err
+	}
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }

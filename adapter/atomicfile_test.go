@@ -3,6 +3,7 @@ package adapter
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 )
@@ -38,7 +39,7 @@ func TestWriteFileAtomic(t *testing.T) {
 func TestTempNamesEscapeFileSDGlobs(t *testing.T) {
 	dir := t.TempDir()
 	for _, out := range []string{"custom_sd.json", "targets.yml", "t.yaml"} {
-		f, err := os.CreateTemp(dir, "."+out+".*.tmp") // the pattern WriteFileAtomic uses
+		f, err := os.CreateTemp(dir, tempPattern(out))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,5 +91,29 @@ func TestCheckWritable(t *testing.T) {
 	names, _ := os.ReadDir(dir)
 	if len(names) != 0 {
 		t.Errorf("CheckWritable left %d files behind", len(names))
+	}
+}
+
+func TestRemoveStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "custom_sd.json")
+	keep := []string{"custom_sd.json", "other.json", ".other.json.123.tmp"}
+	for _, name := range append(keep, ".custom_sd.json.123.tmp", ".custom_sd.json.456.tmp") {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := RemoveStaleTemps(path); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	slices.Sort(left)
+	slices.Sort(keep)
+	if !slices.Equal(left, keep) {
+		t.Errorf("left %v, want %v", left, keep)
 	}
 }

@@ -90,18 +90,20 @@ var DefaultConfig = Config{
 
 // Discovery is a discovery.Discoverer for Consul services.
 type Discovery struct {
-	client  *api.Client
-	cfg     Config
-	logger  log.Logger
-	metrics *metrics
+	client      *api.Client // the round's
+	watchClient *api.Client // the watch's blocking queries
+	cfg         Config
+	logger      log.Logger
+	metrics     *metrics
 
 	// What the last successful round saw, so that the next one can tell
 	// whether anything changed and which services have gone. Only Refresh
 	// touches these.
-	state    catalogState
-	snapshot []*targetgroup.Group
-	sent     map[string]struct{}
-	targets  int
+	state         catalogState
+	wentBackwards bool // in the last round, an index was below the one before
+	snapshot      []*targetgroup.Group
+	sent          map[string]struct{}
+	targets       int
 
 	status statusRecorder
 }
@@ -127,15 +129,26 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if err != nil {
 		return nil, err
 	}
-	client, err := newClient(cfg, m)
+	// One request per slot of the round, each connection kept for the next.
+	client, err := newClient(cfg, m, cfg.MaxConcurrency, true)
 	if err != nil {
 		return nil, err
 	}
-	return &Discovery{client: client, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}, nil
+	// The watch's blocking queries get their own connections, so they never
+	// take the round's, and a fresh one each: Go retries a request whose
+	// reused connection dies before an answer, and when the agent restarts on
+	// the same port that retry would block on the old, now too high, index
+	// instead of failing and starting over.
+	watchClient, err := newClient(cfg, m, watchedTables, false)
+	if err != nil {
+		return nil, err
+	}
+	return &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}, nil
 }
 
-// newClient builds the Consul client: the environment first, flags on top.
-func newClient(cfg Config, m *metrics) (*api.Client, error) {
+// newClient builds a Consul client, from the environment first and flags on
+// top, with at most conns connections.
+func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, error) {
 	conf := api.DefaultConfig()
 	set := func(dst *string, v string) {
 		if v != "" {
@@ -154,13 +167,9 @@ func newClient(cfg Config, m *metrics) (*api.Client, error) {
 		conf.TLSConfig.InsecureSkipVerify = true
 	}
 
-	// The round's requests plus the watch's blocking queries, which hold
-	// their connections for minutes: without room for those, a round could
-	// wait for a connection until a blocking query returns. As many idle
-	// connections are kept, so a round reuses them instead of dialling.
-	conns := cfg.MaxConcurrency + watchedTables
 	conf.Transport.MaxIdleConnsPerHost = conns
 	conf.Transport.MaxConnsPerHost = conns
+	conf.Transport.DisableKeepAlives = !keepAlive
 	httpClient, err := api.NewHttpClient(conf.Transport, conf.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS configuration: %w", err)
@@ -180,9 +189,11 @@ func newClient(cfg Config, m *metrics) (*api.Client, error) {
 // retries sooner, with backoff and jitter.
 func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 	wake := make(chan struct{}, 1)
+	stopWatch := func() {}
 	if d.cfg.Watch {
-		d.watch(ctx, wake)
+		stopWatch = d.watch(ctx, wake)
 	}
+	defer func() { stopWatch() }()
 	// A token bucket rather than a fixed pause: a single change is handled
 	// at once, a storm of changes at most once per MinRoundInterval.
 	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
@@ -202,6 +213,14 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 
 		next := d.cfg.RefreshInterval
 		groups, err := d.Refresh(ctx)
+		if d.cfg.Watch && d.wentBackwards {
+			// Consul lost state behind the watch's back (restarted faster
+			// than a query could fail, a snapshot restore): its blocking
+			// queries now wait for an index that may be minutes away.
+			level.Info(d.logger).Log("msg", "Consul's index went backwards, restarting the watch")
+			stopWatch()
+			stopWatch = d.watch(ctx, wake)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -266,6 +285,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading catalog indexes: %w", err)
 	}
+	d.wentBackwards = state.before(d.state)
 	if d.snapshot != nil && state == d.state {
 		return d.snapshot, nil // nothing changed: a round of three requests
 	}

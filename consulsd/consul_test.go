@@ -83,3 +83,22 @@ func TestEndpointOf(t *testing.T) {
 		}
 	}
 }
+
+func TestCatalogStateBefore(t *testing.T) {
+	base := catalogState{services: 10, nodes: 10, checks: 10}
+	tests := []struct {
+		s    catalogState
+		want bool
+	}{
+		{base, false},
+		{catalogState{services: 11, nodes: 12, checks: 10}, false},
+		{catalogState{services: 9, nodes: 12, checks: 12}, true},
+		{catalogState{services: 10, nodes: 9, checks: 10}, true},
+		{catalogState{services: 10, nodes: 10, checks: 1}, true},
+	}
+	for _, tc := range tests {
+		if got := tc.s.before(base); got != tc.want {
+			t.Errorf("%+v.before(%+v) = %v, want %v", tc.s, base, got, tc.want)
+		}
+	}
+}

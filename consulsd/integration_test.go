@@ -426,3 +426,70 @@ func TestWatchWakesTheRound(t *testing.T) {
 	for got := next(); got["n2/web"] != "health=critical rack= tags=[] port=80"; got = next() {
 	}
 }
+
+// TestWatchSurvivesAgentRestart: a restarted dev agent starts over with a
+// lower index. The watch must not keep blocking on the old one, or nothing
+// would wake the round until the refresh interval.
+func TestWatchSurvivesAgentRestart(t *testing.T) {
+	agent := consultest.Start(t)
+	for i := range 5 { // push the index up, so the restarted agent's is lower
+		agent.RegisterInstance(t, consultest.Instance{Node: fmt.Sprintf("n%d", i), Service: "web", Port: 80})
+	}
+	d, reg := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan []*targetgroup.Group)
+	go d.Run(ctx, ch)
+	select {
+	case <-ch:
+	case <-time.After(hangGuard):
+		t.Fatal("no first snapshot")
+	}
+
+	// Restart only once the watch has seen the agent gone; with an hour's
+	// refresh interval, only the watch can bring the new state in.
+	agent.Kill()
+	for deadline := time.Now().Add(hangGuard); unanswered(t, reg) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the watch never noticed the agent was gone")
+		}
+	}
+	agent.Restart(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "after-restart", Service: "db", Port: 5432})
+	deadline := time.After(hangGuard)
+	for {
+		select {
+		case groups := <-ch:
+			for _, g := range groups {
+				if g.Source == "db" && len(g.Targets) == 1 {
+					return
+				}
+			}
+		case <-deadline:
+			t.Fatal("the restarted agent's catalog never reached the channel: the watch is stuck on the old index")
+		}
+	}
+}
+
+// unanswered counts requests to Consul that got no answer at all.
+func unanswered(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "consul_sd_adapter_consul_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "code" && l.GetValue() == "0" {
+					n += float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	return n
+}

@@ -30,6 +30,11 @@ type catalogState struct {
 	checks   uint64 // health
 }
 
+// before reports whether any index of s is lower than in t.
+func (s catalogState) before(t catalogState) bool {
+	return s.services < t.services || s.nodes < t.nodes || s.checks < t.checks
+}
+
 // indexQuery is one blocking-capable read whose answer we ignore: only the
 // index in its QueryMeta matters.
 type indexQuery struct {
@@ -37,20 +42,20 @@ type indexQuery struct {
 	query func(*api.QueryOptions) (*api.QueryMeta, error)
 }
 
-func (d *Discovery) indexQueries() []indexQuery {
+func indexQueries(c *api.Client) []indexQuery {
 	return []indexQuery{
 		{"services", func(o *api.QueryOptions) (*api.QueryMeta, error) {
-			_, meta, err := d.client.Catalog().Services(o)
+			_, meta, err := c.Catalog().Services(o)
 			return meta, err
 		}},
 		{"nodes", func(o *api.QueryOptions) (*api.QueryMeta, error) {
 			o.Filter = matchNothing
-			_, meta, err := d.client.Catalog().Nodes(o)
+			_, meta, err := c.Catalog().Nodes(o)
 			return meta, err
 		}},
 		{"checks", func(o *api.QueryOptions) (*api.QueryMeta, error) {
 			o.Filter = matchNothing
-			_, meta, err := d.client.Health().State(api.HealthAny, o)
+			_, meta, err := c.Health().State(api.HealthAny, o)
 			return meta, err
 		}},
 	}
@@ -60,7 +65,7 @@ func (d *Discovery) indexQueries() []indexQuery {
 // from the round's own service listing.
 func (d *Discovery) readState(ctx context.Context, servicesIndex uint64) (catalogState, error) {
 	state := catalogState{services: servicesIndex}
-	for _, q := range d.indexQueries()[1:] {
+	for _, q := range indexQueries(d.client)[1:] {
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 		meta, err := q.query(d.queryOptions(rctx))
 		cancel()
@@ -77,11 +82,14 @@ func (d *Discovery) readState(ctx context.Context, servicesIndex uint64) (catalo
 }
 
 // watch runs one blocking query per table and signals wake whenever an index
-// moves, so a change reaches the file without waiting for the next tick.
-func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) {
-	for _, q := range d.indexQueries() {
+// moves, so a change reaches the file without waiting for the next tick. It
+// returns a function that stops them.
+func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) (stop func()) {
+	ctx, stop = context.WithCancel(ctx)
+	for _, q := range indexQueries(d.watchClient) {
 		go d.watchIndex(ctx, q, wake)
 	}
+	return stop
 }
 
 // watchIndex follows Consul's rules for blocking queries: the index starts
@@ -104,6 +112,10 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 			if ctx.Err() != nil {
 				return
 			}
+			// Consul may come back with less state than before (a restart,
+			// an older snapshot): an old index would then block until the
+			// wait ends instead of noticing the change.
+			index = 0
 			failures++
 			delay := retryDelay(failures, d.cfg.RefreshInterval)
 			level.Debug(d.logger).Log("msg", "Watch failed, retrying", "table", q.name, "err", err, "retry_in", delay)
@@ -111,6 +123,9 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 				return
 			}
 			continue
+		}
+		if failures > 0 {
+			signal(wake) // back after an outage: what changed meanwhile is unknown
 		}
 		failures = 0
 		next := meta.LastIndex
