@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 	sloggokit "github.com/tjhop/slog-gokit"
 
@@ -66,7 +67,7 @@ func run(args []string) int {
 		StringVar(&cfg.Address)
 	app.Flag("listen-address", "Alias of --listen.address.").Hidden().StringVar(&cfg.Address)
 	app.Flag("refresh.interval", "Period of the full refresh of all services.").
-		Default(cfg.RefreshInterval.String()).DurationVar(&cfg.RefreshInterval)
+		Default(cfg.RefreshInterval.String()).SetValue(durationValue("refresh.interval", &cfg.RefreshInterval))
 	app.Flag("consul.token-file", "File holding the Consul ACL token (default: $CONSUL_HTTP_TOKEN_FILE or $CONSUL_HTTP_TOKEN). The token is never accepted as a flag.").
 		StringVar(&cfg.TokenFile)
 	app.Flag("consul.datacenter", "Consul datacenter to query (default: the agent's own).").StringVar(&cfg.Datacenter)
@@ -87,13 +88,13 @@ func run(args []string) int {
 	app.Flag("consul.tag-separator", "Separator that joins (and wraps) the tags in __meta_consul_tags.").
 		Default(cfg.TagSeparator).StringVar(&cfg.TagSeparator)
 	app.Flag("consul.request-timeout", "Timeout of each single request to Consul.").
-		Default(cfg.RequestTimeout.String()).DurationVar(&cfg.RequestTimeout)
+		Default(cfg.RequestTimeout.String()).SetValue(durationValue("consul.request-timeout", &cfg.RequestTimeout))
 	app.Flag("consul.max-concurrency", "Most requests in flight to Consul at once (1 queries services one after another).").
 		Default(strconv.Itoa(cfg.MaxConcurrency)).IntVar(&cfg.MaxConcurrency)
 	app.Flag("consul.watch", "Keep blocking queries open on the catalog so that a change is written at once, not at the next refresh.").
 		Default(strconv.FormatBool(cfg.Watch)).BoolVar(&cfg.Watch)
 	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
-		Default(cfg.MinRoundInterval.String()).DurationVar(&cfg.MinRoundInterval)
+		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
 
 	if _, err := app.Parse(args); err != nil {
@@ -107,6 +108,11 @@ func run(args []string) int {
 	logger, slogger := newLoggers(*logLevel, *logFormat)
 	if err := adapter.CheckWritable(*outputFile); err != nil {
 		return usageError(err)
+	}
+	if file := *webFlags.WebConfigFile; file != "" {
+		if err := web.Validate(file); err != nil {
+			return usageError(fmt.Errorf("--web.config.file: %w", err))
+		}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -174,6 +180,31 @@ func runOnce(ctx context.Context, d *consulsd.Discovery, a *adapter.Adapter, log
 	}
 	return 0
 }
+
+// durationValue is a duration flag whose error names the flag: kingpin's
+// own says only `time: invalid duration "soon"`.
+func durationValue(name string, d *time.Duration) kingpin.Value {
+	return &namedDuration{name: name, d: d}
+}
+
+type namedDuration struct {
+	name string
+	d    *time.Duration
+}
+
+func (n *namedDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("--%s: %q is not a duration (try 30s, 5m or 1h)", n.name, s)
+	}
+	if d <= 0 {
+		return fmt.Errorf("--%s: %q must be positive", n.name, s)
+	}
+	*n.d = d
+	return nil
+}
+
+func (n *namedDuration) String() string { return n.d.String() }
 
 // usageError prints one line, as kingpin does for a bad flag, and returns the usage exit code.
 func usageError(err error) int {

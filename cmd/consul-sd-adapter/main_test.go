@@ -160,7 +160,9 @@ func TestBadInput(t *testing.T) {
 		want string
 	}{
 		{"unknown flag", []string{"--no-such-flag"}, "unknown long flag"},
-		{"bad duration", []string{"--refresh.interval=soon"}, "invalid duration"},
+		{"bad duration", []string{"--refresh.interval=soon"}, `--refresh.interval: "soon" is not a duration`},
+		{"zero duration", []string{"--consul.request-timeout=0s"}, "--consul.request-timeout"},
+		{"bad web config", []string{"--output.file=" + existing, "--web.config.file=" + filepath.Join(dir, "missing.yml")}, "--web.config.file"},
 		{"missing output directory", []string{"--output.file=" + filepath.Join(dir, "nope", "x.json")}, "output directory"},
 		{"output is a directory", []string{"--output.file=" + filepath.Join(dir, "sub.json")}, "not a regular file"},
 		{"not a file_sd extension", []string{"--output.file=" + filepath.Join(dir, "x.txt")}, "must end in .json"},
