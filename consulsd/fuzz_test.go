@@ -140,12 +140,8 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 		}
 		for _, tl := range got {
 			for ln, lv := range tl {
-				// Prometheus accepts it...
-				if !ln.IsValid() {
-					t.Errorf("%s: label name %q is not valid", name, ln)
-				}
-				// ...and, since map keys go through the sanitiser, it is
-				// even a classic name that every relabel rule can use.
+				// Map keys go through the sanitiser, so every name is a
+				// classic one that any Prometheus and relabel rule accepts.
 				if !model.LegacyValidation.IsValidLabelName(string(ln)) {
 					t.Errorf("%s: label name %q is not a legacy label name", name, ln)
 				}
