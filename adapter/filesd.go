@@ -1,12 +1,12 @@
 package adapter
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
@@ -15,16 +15,47 @@ import (
 
 // Entry is one element of a file_sd file: targets that share every label.
 type Entry struct {
-	Targets []string       `json:"targets" yaml:"targets"`
-	Labels  model.LabelSet `json:"labels" yaml:"labels"`
+	Targets []string
+	Labels  []Label // sorted by name
+}
+
+// Label is one label of an entry.
+type Label struct {
+	Name, Value string
+}
+
+// Label returns the value of the named label, or "" if it has none.
+func (e *Entry) Label(name string) string {
+	i, found := slices.BinarySearchFunc(e.Labels, name, func(l Label, name string) int {
+		return strings.Compare(l.Name, name)
+	})
+	if !found {
+		return ""
+	}
+	return e.Labels[i].Value
+}
+
+// LabelSet returns the entry's labels as a map.
+func (e *Entry) LabelSet() model.LabelSet {
+	ls := make(model.LabelSet, len(e.Labels))
+	for _, l := range e.Labels {
+		ls[model.LabelName(l.Name)] = model.LabelValue(l.Value)
+	}
+	return ls
 }
 
 // Entries converts target groups to file_sd entries. file_sd carries labels
-// per entry only, so each target's own labels (merged over its group's) decide
-// its entry: targets with equal label sets share one, all others get their
-// own. The result is sorted, so the same groups always give the same entries.
+// per entry only, so each target's own labels (merged over its group's)
+// decide its entry: targets with equal label sets share one, all others get
+// their own. Labels with empty values are left out: Prometheus treats an
+// empty label as absent. The result is sorted, so the same groups always
+// give the same entries.
 func Entries(groups []*targetgroup.Group) []Entry {
-	byKey := map[string]*Entry{}
+	var entries []Entry
+	// Label sets are grouped by hash, checked for equality on a match: one
+	// small slice per target is all this allocates, which matters at
+	// 100,000 targets.
+	byHash := map[uint64][]int{}
 	for _, g := range groups {
 		if g == nil {
 			continue
@@ -32,70 +63,80 @@ func Entries(groups []*targetgroup.Group) []Entry {
 		for _, t := range g.Targets {
 			addr, ok := t[model.AddressLabel]
 			if !ok {
-				continue // a target without an address cannot be scraped
+				continue // no address: nothing to scrape
 			}
-			labels := make(model.LabelSet, len(g.Labels)+len(t))
-			for k, v := range g.Labels {
-				labels[k] = v
+			labels := mergedLabels(g.Labels, t)
+			h := hashLabels(labels)
+			i := slices.IndexFunc(byHash[h], func(i int) bool { return compareLabels(entries[i].Labels, labels) == 0 })
+			if i < 0 {
+				byHash[h] = append(byHash[h], len(entries))
+				entries = append(entries, Entry{Labels: labels})
+				i = len(entries) - 1
+			} else {
+				i = byHash[h][i]
 			}
-			for k, v := range t {
-				labels[k] = v
-			}
-			delete(labels, model.AddressLabel)
-			key := labelKey(labels)
-			e, ok := byKey[key]
-			if !ok {
-				e = &Entry{Labels: labels}
-				byKey[key] = e
-			}
-			e.Targets = append(e.Targets, string(addr))
+			entries[i].Targets = append(entries[i].Targets, string(addr))
 		}
 	}
-
-	type keyed struct {
-		key string
-		*Entry
-	}
-	sorted := make([]keyed, 0, len(byKey))
-	for k, e := range byKey {
-		slices.Sort(e.Targets)
-		e.Targets = slices.Compact(e.Targets)
-		sorted = append(sorted, keyed{k, e})
+	for i := range entries {
+		slices.Sort(entries[i].Targets)
+		entries[i].Targets = slices.Compact(entries[i].Targets)
 	}
 	// Ordered by first target, so the file reads as a sorted list of
-	// addresses; the label key breaks ties between entries of one address.
-	slices.SortFunc(sorted, func(a, b keyed) int {
+	// addresses; the labels break ties between entries of one address.
+	slices.SortFunc(entries, func(a, b Entry) int {
 		if c := strings.Compare(a.Targets[0], b.Targets[0]); c != 0 {
 			return c
 		}
-		return strings.Compare(a.key, b.key)
+		return compareLabels(a.Labels, b.Labels)
 	})
-	entries := make([]Entry, len(sorted))
-	for i, k := range sorted {
-		entries[i] = *k.Entry
-	}
 	return entries
 }
 
-// labelKey is a canonical string for a label set: sorted names and values,
-// separated by a byte that is valid in neither.
-func labelKey(ls model.LabelSet) string {
-	names := make([]string, 0, len(ls))
-	size := 0
-	for n, v := range ls {
-		names = append(names, string(n))
-		size += len(n) + len(v) + 2
+// hashSeed is fixed per process: hashes only group label sets in memory,
+// they never reach the output.
+var hashSeed = maphash.MakeSeed()
+
+func hashLabels(labels []Label) uint64 {
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	for _, l := range labels {
+		h.WriteString(l.Name)
+		h.WriteByte(0xff) // valid in neither names nor UTF-8 values
+		h.WriteString(l.Value)
+		h.WriteByte(0xff)
 	}
-	slices.Sort(names)
-	var b strings.Builder
-	b.Grow(size)
-	for _, n := range names {
-		b.WriteString(n)
-		b.WriteByte(0xff)
-		b.WriteString(string(ls[model.LabelName(n)]))
-		b.WriteByte(0xff)
+	return h.Sum64()
+}
+
+// mergedLabels returns the labels of group and target together (the
+// target's win), sorted, without the address and without empty values.
+func mergedLabels(group, target model.LabelSet) []Label {
+	labels := make([]Label, 0, len(group)+len(target))
+	for n, v := range target {
+		if n != model.AddressLabel && v != "" {
+			labels = append(labels, Label{string(n), string(v)})
+		}
 	}
-	return b.String()
+	for n, v := range group {
+		if _, overridden := target[n]; !overridden && n != model.AddressLabel && v != "" {
+			labels = append(labels, Label{string(n), string(v)})
+		}
+	}
+	slices.SortFunc(labels, func(a, b Label) int { return strings.Compare(a.Name, b.Name) })
+	return labels
+}
+
+func compareLabels(a, b []Label) int {
+	for i := range min(len(a), len(b)) {
+		if c := strings.Compare(a[i].Name, b[i].Name); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a[i].Value, b[i].Value); c != 0 {
+			return c
+		}
+	}
+	return len(a) - len(b)
 }
 
 // Format is the encoding of the output file.
@@ -124,26 +165,116 @@ func FormatOf(path string) (Format, error) {
 // Render encodes entries. An empty list is "[]", which file_sd reads as "no
 // targets"; an empty file would be a parse error.
 func Render(entries []Entry, f Format) ([]byte, error) {
-	if entries == nil {
-		entries = []Entry{}
-	}
 	if f == YAML {
 		if len(entries) == 0 {
 			return []byte("[]\n"), nil
 		}
 		return yaml.Marshal(yamlEntries(entries))
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetIndent("", "  ")
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(entries); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return renderJSON(entries), nil
 }
 
-// yamlEntry spells out the label order: yaml.v2 sorts map keys with a
+// renderJSON writes one entry per line: a file of 100,000 targets stays
+// fast to write and easy to grep and diff. It is written by hand because
+// encoding/json sorts every label map again through reflection, which made
+// rendering large catalogs several times slower than everything else.
+func renderJSON(entries []Entry) []byte {
+	if len(entries) == 0 {
+		return []byte("[]\n")
+	}
+	size := 4
+	for i := range entries {
+		size += 32
+		for _, t := range entries[i].Targets {
+			size += len(t) + 3
+		}
+		for _, l := range entries[i].Labels {
+			size += len(l.Name) + len(l.Value) + 6
+		}
+	}
+	b := make([]byte, 0, size)
+	b = append(b, "[\n"...)
+	for i := range entries {
+		e := &entries[i]
+		b = append(b, `{"targets":[`...)
+		for j, t := range e.Targets {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, t)
+		}
+		b = append(b, `],"labels":{`...)
+		for j, l := range e.Labels {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, l.Name)
+			b = append(b, ':')
+			b = appendJSONString(b, l.Value)
+		}
+		b = append(b, "}}"...)
+		if i < len(entries)-1 {
+			b = append(b, ',')
+		}
+		b = append(b, '\n')
+	}
+	return append(b, "]\n"...)
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json
+// does (without HTML escaping): invalid UTF-8 becomes U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		// U+2028 and U+2029 are valid JSON but break JavaScript readers;
+		// encoding/json escapes them, and so do we.
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// yamlEntry keeps the labels in our order: yaml.v2 sorts map keys with a
 // "natural" comparison of digit runs that is not a total order (gpu2 < gpu10
 // < gpu1a < gpu2), so a map would render in random order from run to run.
 type yamlEntry struct {
@@ -154,14 +285,9 @@ type yamlEntry struct {
 func yamlEntries(entries []Entry) []yamlEntry {
 	out := make([]yamlEntry, len(entries))
 	for i, e := range entries {
-		names := make([]string, 0, len(e.Labels))
-		for n := range e.Labels {
-			names = append(names, string(n))
-		}
-		slices.Sort(names)
-		labels := make(yaml.MapSlice, len(names))
-		for j, n := range names {
-			labels[j] = yaml.MapItem{Key: n, Value: string(e.Labels[model.LabelName(n)])}
+		labels := make(yaml.MapSlice, len(e.Labels))
+		for j, l := range e.Labels {
+			labels[j] = yaml.MapItem{Key: l.Name, Value: l.Value}
 		}
 		out[i] = yamlEntry{Targets: e.Targets, Labels: labels}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/common/model"
@@ -40,14 +41,55 @@ func sampleGroups() []*targetgroup.Group {
 
 func TestEntriesKeepPerTargetLabels(t *testing.T) {
 	got := Entries(sampleGroups())
-	want := []Entry{
+	want := []struct {
+		Targets []string
+		Labels  model.LabelSet
+	}{
 		{Targets: []string{"10.0.0.1:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n1", "__meta_consul_metadata_rack": "r1"}},
 		{Targets: []string{"10.0.0.2:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n2", "__meta_consul_metadata_rack": "r2"}},
 		{Targets: []string{"10.0.0.3:5432", "10.0.0.4:5432"}, Labels: model.LabelSet{"__meta_consul_service": "db", "env": "prod"}},
 		{Targets: []string{"10.0.0.5:5432"}, Labels: model.LabelSet{"__meta_consul_service": "db", "env": "staging"}},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("Entries:\n got %+v\nwant %+v", got, want)
+	if len(got) != len(want) {
+		t.Fatalf("Entries: %d entries, want %d: %+v", len(got), len(want), got)
+	}
+	for i := range want {
+		if !reflect.DeepEqual(got[i].Targets, want[i].Targets) || !reflect.DeepEqual(got[i].LabelSet(), want[i].Labels) {
+			t.Errorf("entry %d:\n got %v %v\nwant %v %v", i, got[i].Targets, got[i].LabelSet(), want[i].Targets, want[i].Labels)
+		}
+	}
+}
+
+func TestEntriesDropEmptyLabels(t *testing.T) {
+	got := Entries([]*targetgroup.Group{{
+		Labels: model.LabelSet{"env": "prod", "team": "web"},
+		Targets: []model.LabelSet{
+			{"__address__": "a:1", "__meta_consul_service_address": "", "team": ""},
+			{"__address__": "b:1"},
+		},
+	}})
+	want := []model.LabelSet{{"env": "prod"}, {"env": "prod", "team": "web"}}
+	if len(got) != 2 || !reflect.DeepEqual(got[0].LabelSet(), want[0]) || !reflect.DeepEqual(got[1].LabelSet(), want[1]) {
+		t.Errorf("got %+v, want labels %v (an empty target label unsets the group's)", got, want)
+	}
+}
+
+// TestJSONStringsMatchEncodingJSON: the hand-written encoder escapes every
+// string exactly as encoding/json (without HTML escaping) does.
+func TestJSONStringsMatchEncodingJSON(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", `quote " and \ backslash`, "tab\tnewline\ncr\r", "\x00\x01\x1f\x7f",
+		"ünïcödé ключ 日本", "line\u2028para\u2029", "bad \xff\xfe utf8", "<html>&amp;", "\xe2\x82",
+	} {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(appendJSONString(nil, s)); got != strings.TrimSuffix(want.String(), "\n") {
+			t.Errorf("appendJSONString(%q) = %s, encoding/json gives %s", s, got, want.String())
+		}
 	}
 }
 
@@ -108,8 +150,8 @@ func TestRenderLoadsInFileSD(t *testing.T) {
 			t.Fatalf("format %d: %d groups, want %d", f, len(groups), len(entries))
 		}
 		for i, g := range groups {
-			if !reflect.DeepEqual(g.Labels, entries[i].Labels) {
-				t.Errorf("format %d entry %d: labels %v, want %v", f, i, g.Labels, entries[i].Labels)
+			if !reflect.DeepEqual(g.Labels, entries[i].LabelSet()) {
+				t.Errorf("format %d entry %d: labels %v, want %v", f, i, g.Labels, entries[i].LabelSet())
 			}
 			var addrs []string
 			for _, tg := range g.Targets {

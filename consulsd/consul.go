@@ -200,6 +200,7 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	failures := 0
+	sentOnce := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -212,7 +213,7 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 		}
 
 		next := d.cfg.RefreshInterval
-		groups, err := d.Refresh(ctx)
+		groups, changed, err := d.refreshRound(ctx)
 		if d.cfg.Watch && d.wentBackwards {
 			// Consul lost state behind the watch's back (restarted faster
 			// than a query could fail, a snapshot restore): its blocking
@@ -228,10 +229,15 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 			failures++
 			next = retryDelay(failures, d.cfg.RefreshInterval)
 			level.Error(d.logger).Log("msg", "Refresh failed, keeping the previous targets", "err", err, "retry_in", next)
+		case !changed && sentOnce:
+			// Nothing moved in Consul: the Manager and the file already
+			// hold this snapshot, and re-rendering it would be wasted work.
+			failures = 0
 		default:
 			failures = 0
 			select {
 			case ch <- groups:
+				sentOnce = true
 			case <-ctx.Done():
 				return
 			}
@@ -256,8 +262,15 @@ func retryDelay(failures int, limit time.Duration) time.Duration {
 // is gone. On any error it returns nothing and the next round starts from the
 // same previous snapshot. Not safe for concurrent use.
 func (d *Discovery) Refresh(ctx context.Context) ([]*targetgroup.Group, error) {
+	groups, _, err := d.refreshRound(ctx)
+	return groups, err
+}
+
+// refreshRound is Refresh, also saying whether the snapshot differs from
+// the previous round's.
+func (d *Discovery) refreshRound(ctx context.Context) ([]*targetgroup.Group, bool, error) {
 	start := time.Now()
-	groups, err := d.refresh(ctx)
+	groups, changed, err := d.refresh(ctx)
 	d.metrics.refreshDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		d.metrics.refreshes.WithLabelValues("failure").Inc()
@@ -265,29 +278,29 @@ func (d *Discovery) Refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
 			d.status.record(err, 0, 0)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	d.metrics.refreshes.WithLabelValues("success").Inc()
 	d.metrics.lastSuccess.SetToCurrentTime()
 	level.Debug(d.logger).Log("msg", "Refresh done", "services", len(d.sent), "targets", d.targets, "duration", time.Since(start))
 	d.status.record(nil, len(d.sent), d.targets)
-	return groups, nil
+	return groups, changed, nil
 }
 
-func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
+func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, error) {
 	names, servicesIndex, err := d.listServices(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing services: %w", err)
+		return nil, false, fmt.Errorf("listing services: %w", err)
 	}
 	// Read before the per-service queries: a change during the round then
 	// shows as a moved index in the next one.
 	state, err := d.readState(ctx, servicesIndex)
 	if err != nil {
-		return nil, fmt.Errorf("reading catalog indexes: %w", err)
+		return nil, false, fmt.Errorf("reading catalog indexes: %w", err)
 	}
 	d.wentBackwards = state.before(d.state)
 	if d.snapshot != nil && state == d.state {
-		return d.snapshot, nil // nothing changed: a round of three requests
+		return d.snapshot, false, nil // nothing changed: a round of three requests
 	}
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
@@ -304,7 +317,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 
 	current := make(map[string]struct{}, len(names))
@@ -324,7 +337,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, error) {
 	d.targets = targets
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
-	return groups, nil
+	return groups, true, nil
 }
 
 // listServices returns the sorted names of the services to query, and the

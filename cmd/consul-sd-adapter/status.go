@@ -73,7 +73,7 @@ func statusHandler(d *consulsd.Discovery, a *adapter.Adapter, outputFile string)
 func servicesOf(entries []adapter.Entry) []service {
 	byName := map[string]*service{}
 	for _, e := range entries {
-		name := string(e.Labels["__meta_consul_service"])
+		name := e.Label("__meta_consul_service")
 		s, ok := byName[name]
 		if !ok {
 			s = &service{Name: name}
@@ -82,8 +82,8 @@ func servicesOf(entries []adapter.Entry) []service {
 		for _, addr := range e.Targets {
 			s.Instances = append(s.Instances, instance{
 				Address: addr,
-				Node:    string(e.Labels["__meta_consul_node"]),
-				Health:  string(e.Labels["__meta_consul_health"]),
+				Node:    e.Label("__meta_consul_node"),
+				Health:  e.Label("__meta_consul_health"),
 			})
 		}
 	}
