@@ -73,9 +73,33 @@ type process struct {
 // error includes the tail of the agent's log.
 func Start(t testing.TB, opts ...Option) *Agent {
 	t.Helper()
+	a, err := Launch(Binary(t), t.TempDir(), opts...)
+	if a != nil {
+		// Registered after t.TempDir, so it runs before the log is deleted.
+		t.Cleanup(func() {
+			a.Stop()
+			if t.Failed() && !a.logShown {
+				t.Logf("consul agent log tail (%s):\n%s", a.logPath, a.logTail(20))
+			}
+		})
+	}
+	if err != nil {
+		if a != nil {
+			a.logShown = true
+		}
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Launch is Start for programs that are not tests (make bench, make soak):
+// it starts an agent with bin, keeping its log and data in dir, and returns
+// it once ready. The caller stops it. On failure the error holds the tail
+// of the agent's log, and the returned agent, if any, needs stopping.
+func Launch(bin, dir string, opts ...Option) (*Agent, error) {
 	a := &Agent{
-		bin:  Binary(t),
-		dir:  t.TempDir(),
+		bin:  bin,
+		dir:  dir,
 		Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1)),
 	}
 	a.logPath = filepath.Join(a.dir, "consul.log")
@@ -85,17 +109,10 @@ func Start(t testing.TB, opts ...Option) *Agent {
 	if tc := a.cfg.tls; tc != nil {
 		for _, f := range []string{tc.ca, tc.cert, tc.key} {
 			if _, err := os.Stat(f); err != nil {
-				t.Fatalf("consultest.WithTLS: %v", err)
+				return nil, fmt.Errorf("consultest.WithTLS: %w", err)
 			}
 		}
 	}
-	// Registered after t.TempDir, so it runs before the log is deleted.
-	t.Cleanup(func() {
-		a.Stop()
-		if t.Failed() && !a.logShown && a.launched() {
-			t.Logf("consul agent log tail (%s):\n%s", a.logPath, a.logTail(20))
-		}
-	})
 
 	var err error
 	for range startAttempts {
@@ -107,7 +124,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 			break
 		}
 		if err = a.waitReady(); err == nil {
-			return a
+			return a, nil
 		}
 		a.Kill()
 		if !strings.Contains(a.logSince(offset), "address already in use") {
@@ -115,11 +132,9 @@ func Start(t testing.TB, opts ...Option) *Agent {
 		}
 	}
 	if !a.launched() { // failed before exec: the log holds nothing
-		t.Fatalf("starting consul agent: %v", err)
+		return nil, fmt.Errorf("starting consul agent: %w", err)
 	}
-	a.logShown = true
-	t.Fatalf("starting consul agent: %v\nlog tail (%s):\n%s", err, a.logPath, a.logTail(40))
-	return nil
+	return a, fmt.Errorf("starting consul agent: %w\nlog tail (%s):\n%s", err, a.logPath, a.logTail(40))
 }
 
 // setup picks the ports and builds the client for them.

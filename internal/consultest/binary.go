@@ -1,6 +1,7 @@
 package consultest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,15 +20,23 @@ const Version = "v1.22.3"
 // machine without Consul report integration tests as passing.
 func Binary(t testing.TB) string {
 	t.Helper()
-	path, err := binaryPath()
+	path, err := BinaryPath()
 	if err != nil {
-		t.Fatalf("locating consul binary: %v", err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		t.Fatalf("consul binary not found at %s: run `make consul`", path)
+		t.Fatal(err)
 	}
 	return path
+}
+
+// BinaryPath is Binary for programs that are not tests.
+func BinaryPath() (string, error) {
+	path, err := binaryPath()
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(path); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("consul binary not found at %s: run `make consul`", path)
+	}
+	return path, nil
 }
 
 func binaryPath() (string, error) {

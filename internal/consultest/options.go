@@ -8,6 +8,7 @@ type Option func(*config)
 type config struct {
 	aclToken string // initial management token; empty means ACLs off
 	tls      *tlsFiles
+	extra    []string // more -hcl fragments
 }
 
 type tlsFiles struct {
@@ -29,6 +30,12 @@ func WithTLS(caFile, certFile, keyFile string) Option {
 	return func(c *config) { c.tls = &tlsFiles{ca: caFile, cert: certFile, key: keyFile} }
 }
 
+// WithHCL adds a fragment of agent configuration, passed with -hcl, for
+// example `limits { http_max_conns_per_client = 8192 }`.
+func WithHCL(fragment string) Option {
+	return func(c *config) { c.extra = append(c.extra, fragment) }
+}
+
 // hcl returns the configuration fragment for the options, passed with -hcl.
 // %q quoting is valid HCL for the paths and tokens used here.
 func (c *config) hcl() []string {
@@ -43,5 +50,5 @@ func (c *config) hcl() []string {
 			`tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false verify_outgoing = false } }`,
 			c.tls.ca, c.tls.cert, c.tls.key))
 	}
-	return out
+	return append(out, c.extra...)
 }

@@ -67,13 +67,13 @@ type daemon struct {
 }
 
 func startDaemon(bin, consul, dir string, args ...string) (*daemon, error) {
-	ports, err := freePorts(1)
+	web, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	d := &daemon{
 		out:  filepath.Join(dir, "custom_sd.json"),
-		web:  net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		web:  web,
 		log:  filepath.Join(dir, "adapter.log"),
 		done: make(chan struct{}),
 		// No keep-alive: an idle connection of ours would be a goroutine
@@ -152,6 +152,9 @@ func (d *daemon) metrics() (map[string]float64, error) {
 	}
 	return m, sc.Err()
 }
+
+// stopTimeout is how long stop waits after SIGTERM before SIGKILL.
+const stopTimeout = 5 * time.Second
 
 // stop sends SIGTERM and returns the exit status (-1 if it had to be killed).
 func (d *daemon) stop() int {
@@ -250,4 +253,45 @@ func diff(got, want view) string {
 		lines = append(lines[:10], fmt.Sprintf("  ... and %d more", len(lines)-10))
 	}
 	return strings.Join(lines, "\n")
+}
+
+// freeAddr returns a loopback address with a port that was free just now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// envWithout is the environment without the variables starting with prefix,
+// so that the machine's own Consul settings cannot leak in.
+func envWithout(prefix string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, prefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// tail returns up to the last n bytes of a file.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		f.Seek(fi.Size()-n, 0) //nolint:errcheck // best effort
+	}
+	b := make([]byte, n)
+	k, _ := f.Read(b)
+	s := string(b[:k])
+	if i := strings.IndexByte(s, '\n'); k == int(n) && i >= 0 {
+		s = s[i+1:] // from the first whole line
+	}
+	return s
 }

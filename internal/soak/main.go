@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
 // settleTimeout bounds the wait for the file to reflect the final catalog.
@@ -122,10 +124,10 @@ func run(o options) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	consulBin := os.Getenv("CONSUL_BIN")
-	if consulBin == "" {
-		log.Print("CONSUL_BIN is not set: run `make soak`, or set it to the path tools/consul/build.sh prints")
-		return 2
+	consulBin, err := consultest.BinaryPath()
+	if err != nil {
+		log.Print(err)
+		return 1
 	}
 	dir, err := os.MkdirTemp("", "consul-sd-adapter-soak")
 	if err != nil {
@@ -141,12 +143,14 @@ func run(o options) int {
 		}
 	}()
 
-	agent, err := startAgent(consulBin, dir)
+	agent, err := consultest.Launch(consulBin, dir)
+	if agent != nil {
+		defer agent.Stop()
+	}
 	if err != nil {
 		log.Print(err)
 		return 1
 	}
-	defer agent.stop()
 	bin, err := buildAdapter(ctx, dir)
 	if err != nil {
 		log.Print(err)
@@ -248,7 +252,7 @@ func churnAndSample(ctx context.Context, o options, ch *churner, d *daemon) ([]s
 }
 
 // settle waits until the file equals Consul's catalog.
-func settle(ctx context.Context, d *daemon, a *agent) error {
+func settle(ctx context.Context, d *daemon, a *consultest.Agent) error {
 	deadline := time.Now().Add(settleTimeout)
 	for {
 		want, err := consulView(a.Client)
