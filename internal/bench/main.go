@@ -1,0 +1,272 @@
+// Command bench measures the adapter against a real Consul agent, side by
+// side with the baselines DESIGN.md names, and prints one table (also
+// written to docs/benchmarks.md). `make bench` runs it.
+//
+// Everything runs on loopback: Consul agents it starts, the adapter binary
+// built from this checkout, counting proxies (internal/faultproxy) and
+// Prometheus's own Consul SD in-process. Every child process is stopped
+// when the harness ends, and killed by the kernel if the harness dies.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"maps"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var (
+		services      = fs.Int("services", 2000, "services in the catalog of the cold refresh and the large quiet cluster")
+		instances     = fs.Int("instances", 5, "instances of each service")
+		runs          = fs.Int("runs", 3, "runs of each cold refresh case; the table shows the median")
+		propServices  = fs.Int("prop-services", 200, "services in the catalog of the propagation test and the small quiet cluster")
+		changes       = fs.Int("changes", 20, "changes of each kind (registration, health flip, deregistration) in the propagation test")
+		pace          = fs.Duration("pace", 3*time.Second, "longest wait for every observer to see a change before the next one")
+		quiet         = fs.Duration("quiet", time.Minute, "how long the adapter is measured on the quiet cluster")
+		large         = fs.Bool("large", false, "also measure the adapter's peak RSS at -large-services x -instances targets")
+		largeServices = fs.Int("large-services", 20000, "services for -large")
+		only          = fs.String("only", "", "comma-separated subset to run: render, cold, quiet, prop, large (default all; large needs -large)")
+		out           = fs.String("out", "docs/benchmarks.md", "file to write the report to, relative to the module root; empty for none")
+		timeout       = fs.Duration("timeout", 40*time.Minute, "limit for the whole run")
+	)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	want := func(name string) bool {
+		if ctx.Err() != nil || (name == "large" && !*large) {
+			return false
+		}
+		return *only == "" || slices.Contains(strings.Split(*only, ","), name)
+	}
+
+	root, err := moduleRoot()
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	top := newScope("bench")
+	defer top.close()
+
+	rep := &report{
+		flags:    strings.Join(args, " "),
+		cat:      catalog{services: *services, instances: *instances},
+		largeCat: catalog{services: *largeServices, instances: *instances},
+		largeRun: want("large"),
+	}
+	var consulBin string
+	if _, err := within("setup", func(sc *scope) (struct{}, error) {
+		consulBin = consultest.Binary(sc)
+		rep.machine = machineInfo(root, consulBin)
+		log.Print("building the adapter")
+		bin, err := buildAdapter(ctx, root, top.TempDir())
+		rep.bin = bin
+		return struct{}{}, err
+	}); err != nil {
+		log.Print(err)
+		return 1
+	}
+	if !rep.bin.hasWatch {
+		log.Print("the adapter has no --consul.watch flag: watch mode is n/a in this run")
+	}
+
+	// The micro-benchmark first, while nothing else runs.
+	if want("render") {
+		log.Print("render + write benchmark (go test -bench)")
+		rep.render, rep.renderErr = measureRender(ctx, root)
+		logErr("render", rep.renderErr)
+	}
+
+	// Quiet-cluster results by catalog size.
+	quietRes := map[int]*quietResult{}
+	quietErr := map[int]error{}
+
+	// The large catalog: cold refresh, quiet cluster, and -large.
+	if want("cold") || (want("quiet") && *services != *propServices) || want("large") {
+		_, err := within("large catalog", func(sc *scope) (struct{}, error) {
+			a, err := agentWith(ctx, sc, consulBin, "bench-large", rep.cat)
+			if err != nil {
+				return struct{}{}, err
+			}
+			if want("cold") {
+				log.Printf("cold refresh, %d x %d", rep.cat.services, rep.cat.instances)
+				rep.cold, rep.coldErr = within("cold", func(sc *scope) ([]coldStats, error) {
+					return measureCold(ctx, sc, rep.bin, a, *runs, rep.cat.services*rep.cat.instances)
+				})
+				logErr("cold", rep.coldErr)
+			}
+			if want("quiet") && *services != *propServices {
+				quietRes[*services], quietErr[*services] = within("quiet", func(sc *scope) (*quietResult, error) {
+					return measureQuiet(ctx, sc, rep.bin, a, rep.cat, *quiet)
+				})
+				logErr("quiet", quietErr[*services])
+			}
+			if want("large") {
+				log.Printf("growing the catalog to %d x %d", rep.largeCat.services, rep.largeCat.instances)
+				rep.large, rep.largeErr = within("large", func(sc *scope) (*largeResult, error) {
+					if err := rep.largeCat.register(ctx, a.Client, rep.cat.services); err != nil {
+						return nil, err
+					}
+					return measureLarge(ctx, sc, rep.bin, a, rep.largeCat, *runs)
+				})
+				logErr("large", rep.largeErr)
+			}
+			return struct{}{}, nil
+		})
+		if err != nil {
+			log.Printf("large catalog: %v", err)
+			rep.coldErr = setupErr(rep.coldErr, err, want("cold"))
+			rep.largeErr = setupErr(rep.largeErr, err, want("large"))
+			if want("quiet") && *services != *propServices {
+				quietErr[*services] = setupErr(quietErr[*services], err, true)
+			}
+		}
+	}
+
+	// The small catalog: propagation and the small quiet cluster.
+	small := catalog{services: *propServices, instances: *instances}
+	if want("prop") || want("quiet") {
+		_, err := within("small catalog", func(sc *scope) (struct{}, error) {
+			a, err := agentWith(ctx, sc, consulBin, "bench-small", small)
+			if err != nil {
+				return struct{}{}, err
+			}
+			if want("prop") {
+				log.Printf("propagation, %d services", small.services)
+				rep.prop, rep.propErr = within("propagation", func(sc *scope) (*propResult, error) {
+					return measurePropagation(ctx, sc, rep.bin, a, small, *changes, *pace)
+				})
+				logErr("propagation", rep.propErr)
+			}
+			if want("quiet") {
+				quietRes[small.services], quietErr[small.services] = within("quiet", func(sc *scope) (*quietResult, error) {
+					return measureQuiet(ctx, sc, rep.bin, a, small, *quiet)
+				})
+				logErr("quiet", quietErr[small.services])
+			}
+			return struct{}{}, nil
+		})
+		if err != nil {
+			log.Printf("small catalog: %v", err)
+			rep.propErr = setupErr(rep.propErr, err, want("prop"))
+			if want("quiet") {
+				quietErr[small.services] = setupErr(quietErr[small.services], err, true)
+			}
+		}
+	}
+	sizes := slices.Sorted(maps.Keys(quietErr))
+	for _, n := range sizes {
+		rep.quiet = append(rep.quiet, quietRes[n])
+		rep.quietErrs = append(rep.quietErrs, quietErr[n])
+	}
+
+	rep.machine = append(rep.machine, [2]string{"Load average (1, 5, 15 min) at end", loadAverage()})
+	table := rep.table()
+	fmt.Println()
+	for _, kv := range rep.machine {
+		fmt.Printf("%s: %s\n", kv[0], kv[1])
+	}
+	fmt.Println()
+	fmt.Print(table)
+	if ctx.Err() != nil {
+		log.Printf("stopped early (%v): %s left as it was", context.Cause(ctx), *out)
+		return 1
+	}
+	if *out != "" {
+		path := *out
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(root, path)
+		}
+		err := os.MkdirAll(filepath.Dir(path), 0o755)
+		if err == nil {
+			err = os.WriteFile(path, []byte(rep.markdown()), 0o644)
+		}
+		if err != nil {
+			log.Printf("writing the report: %v", err)
+			return 1
+		}
+		log.Printf("wrote %s", path)
+	}
+	return 0
+}
+
+// within runs fn in a scope of its own, closed when fn returns, and turns
+// a Fatalf inside it into an error.
+func within[T any](name string, fn func(*scope) (T, error)) (res T, err error) {
+	sc := newScope(name)
+	defer sc.close()
+	defer func() {
+		if p := recover(); p != nil {
+			f, ok := p.(fatal)
+			if !ok {
+				panic(p)
+			}
+			err = errors.New(f.msg)
+		}
+	}()
+	return fn(sc)
+}
+
+// agentWith starts an agent in sc and registers cat in it.
+func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*agent, error) {
+	log.Printf("starting consul agent %s", name)
+	a, err := startAgent(ctx, bin, sc.TempDir(), name)
+	if err != nil {
+		return nil, err
+	}
+	sc.Cleanup(a.stop)
+	log.Printf("registering %d services x %d instances", cat.services, cat.instances)
+	return a, cat.register(ctx, a.Client, 0)
+}
+
+func logErr(what string, err error) {
+	if err != nil {
+		log.Printf("%s failed: %v", what, err)
+	}
+}
+
+// setupErr keeps a measurement's own error, else blames the setup it
+// depended on, if the measurement was wanted.
+func setupErr(own, setup error, wanted bool) error {
+	if own != nil || !wanted {
+		return own
+	}
+	return setup
+}
+
+// moduleRoot is the directory of the main module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the module: run from the repository")
+	}
+	return filepath.Dir(gomod), nil
+}
