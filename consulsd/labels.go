@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/common/model"
@@ -57,20 +58,21 @@ func targetLabels(e *api.ServiceEntry, tagSeparator string) model.LabelSet {
 		host = node.Address
 	}
 
-	labels := model.LabelSet{
-		model.AddressLabel:  model.LabelValue(net.JoinHostPort(host, port)),
-		addressLabel:        model.LabelValue(node.Address),
-		nodeLabel:           model.LabelValue(node.Node),
-		serviceLabel:        model.LabelValue(svc.Service),
-		serviceIDLabel:      model.LabelValue(svc.ID),
-		serviceAddressLabel: model.LabelValue(svc.Address),
-		servicePortLabel:    model.LabelValue(port),
-		// Wrapping the list in the separator lets a relabel regex match
-		// ",tag," without caring where the tag sits.
-		tagsLabel:       model.LabelValue(tagSeparator + strings.Join(svc.Tags, tagSeparator) + tagSeparator),
-		healthLabel:     model.LabelValue(e.Checks.AggregatedStatus()),
-		datacenterLabel: model.LabelValue(node.Datacenter),
-	}
+	// Sized up front: growing a map of this size reallocates it, and a
+	// catalog holds one per instance.
+	labels := make(model.LabelSet, 12+len(node.Meta)+len(svc.Meta)+len(node.TaggedAddresses))
+	labels[model.AddressLabel] = model.LabelValue(net.JoinHostPort(host, port))
+	labels[addressLabel] = model.LabelValue(node.Address)
+	labels[nodeLabel] = model.LabelValue(node.Node)
+	labels[serviceLabel] = model.LabelValue(svc.Service)
+	labels[serviceIDLabel] = model.LabelValue(svc.ID)
+	labels[serviceAddressLabel] = model.LabelValue(svc.Address)
+	labels[servicePortLabel] = model.LabelValue(port)
+	// Wrapping the list in the separator lets a relabel regex match ",tag,"
+	// without caring where the tag sits.
+	labels[tagsLabel] = model.LabelValue(tagSeparator + strings.Join(svc.Tags, tagSeparator) + tagSeparator)
+	labels[healthLabel] = model.LabelValue(e.Checks.AggregatedStatus())
+	labels[datacenterLabel] = model.LabelValue(node.Datacenter)
 	if svc.Namespace != "" {
 		labels[namespaceLabel] = model.LabelValue(svc.Namespace)
 	}
@@ -93,9 +95,46 @@ func addPrefixed(labels model.LabelSet, prefix string, m map[string]string) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		name := model.LabelName(prefix + strutil.SanitizeLabelName(k))
+		name := labelName(prefix, k)
 		if _, taken := labels[name]; !taken {
 			labels[name] = model.LabelValue(m[k])
 		}
 	}
+}
+
+// labelNames caches prefixed, sanitised label names by prefix and key. A
+// catalog has few distinct meta keys; without the cache, each of 100,000
+// targets would carry its own copies of the same names.
+var labelNames = map[string]*nameCache{
+	nodeMetaLabelPrefix:      {},
+	serviceMetaLabelPrefix:   {},
+	taggedAddressLabelPrefix: {},
+}
+
+// maxCachedNames bounds each cache, in case keys never repeat.
+const maxCachedNames = 10000
+
+type nameCache struct {
+	mu    sync.RWMutex
+	names map[string]model.LabelName
+}
+
+func labelName(prefix, key string) model.LabelName {
+	c := labelNames[prefix]
+	c.mu.RLock()
+	name, ok := c.names[key]
+	c.mu.RUnlock()
+	if ok {
+		return name
+	}
+	name = model.LabelName(prefix + strutil.SanitizeLabelName(key))
+	c.mu.Lock()
+	if c.names == nil {
+		c.names = map[string]model.LabelName{}
+	}
+	if len(c.names) < maxCachedNames {
+		c.names[key] = name
+	}
+	c.mu.Unlock()
+	return name
 }
