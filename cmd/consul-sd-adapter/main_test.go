@@ -275,6 +275,7 @@ func TestDaemon(t *testing.T) {
 	if code, _ := d.get("/-/healthy"); code != 200 {
 		t.Errorf("/-/healthy answered %d", code)
 	}
+	checkMetrics(t, d)
 	if _, ok := readTargets(t, out)["10.0.0.1:80"]; !ok {
 		t.Fatalf("web on n1 missing from %v", readTargets(t, out))
 	}
@@ -364,4 +365,40 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// checkMetrics runs promtool's linter over /metrics and checks that the
+// metrics an operator alerts on, and the discovery manager's, are there.
+func checkMetrics(t *testing.T, d *daemon) {
+	t.Helper()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found: run make test (it installs prometheus)")
+	}
+	_, body := d.get("/metrics")
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	for _, name := range []string{
+		"consul_sd_adapter_refresh_duration_seconds_bucket",
+		"consul_sd_adapter_refreshes_total",
+		"consul_sd_adapter_refresh_failures_total",
+		"consul_sd_adapter_last_successful_refresh_timestamp_seconds",
+		"consul_sd_adapter_services",
+		"consul_sd_adapter_targets",
+		"consul_sd_adapter_consul_request_duration_seconds_bucket",
+		"consul_sd_adapter_file_writes_total",
+		"consul_sd_adapter_file_write_failures_total",
+		"consul_sd_adapter_last_file_write_timestamp_seconds",
+		"consul_sd_adapter_build_info",
+		"prometheus_sd_discovered_targets",
+		"go_goroutines",
+		"process_resident_memory_bytes",
+	} {
+		if !strings.Contains(body, "\n"+name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
 }
