@@ -144,13 +144,13 @@ type daemon struct {
 
 // startDaemon starts the adapter against consul; sc stops it.
 func (b *adapterBin) startDaemon(sc *scope, consul, dir, name string, args []string) (*daemon, error) {
-	ports, err := freePorts(1)
+	web, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	d := &daemon{
 		Out:  filepath.Join(dir, name+".json"),
-		web:  net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		web:  web,
 		log:  filepath.Join(dir, name+".log"),
 		done: make(chan struct{}),
 	}
@@ -168,7 +168,7 @@ func (b *adapterBin) startDaemon(sc *scope, consul, dir, name string, args []str
 		return nil, err
 	}
 	go func() { d.cmd.Wait(); close(d.done) }() //nolint:errcheck // stop reports nothing
-	sc.Cleanup(d.stop)
+	sc.cleanup(d.stop)
 	return d, nil
 }
 
@@ -228,4 +228,40 @@ func (d *daemon) stop() {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 	}
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// envWithout is the environment without variables starting with prefix.
+func envWithout(prefix string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, prefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// tail returns up to the last n bytes of a file.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		f.Seek(fi.Size()-n, 0) //nolint:errcheck // best effort
+	}
+	b := make([]byte, n)
+	k, _ := f.Read(b)
+	return string(b[:k])
 }

@@ -30,7 +30,7 @@ const builtinWatchTimeout = 2 * time.Minute
 // every update the Manager sends, with the time it arrived. It stops with sc.
 func startBuiltin(ctx context.Context, sc *scope, server string, updatert time.Duration, onSync func(time.Time, []*targetgroup.Group)) error {
 	ctx, cancel := context.WithCancel(ctx)
-	sc.Cleanup(cancel)
+	sc.cleanup(cancel)
 	reg := prometheus.NewRegistry()
 	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(reg)
 	if err != nil {

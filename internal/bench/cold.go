@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
 
@@ -35,9 +36,12 @@ type coldStats struct {
 // measureCold runs the adapter with --once against a through b, the
 // defaults and the sequential configuration, with and without added RTT,
 // interleaved so that drift in the machine's state hits every case alike.
-func measureCold(ctx context.Context, sc *scope, bin *adapterBin, a *agent, runs, wantTargets int) ([]coldStats, error) {
-	proxy := faultproxy.Start(sc, a.Addr)
-	dir := sc.TempDir()
+func measureCold(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, runs, wantTargets int) ([]coldStats, error) {
+	proxy, err := sc.proxy(a.Addr)
+	if err != nil {
+		return nil, err
+	}
+	dir := sc.dir
 	cases := []coldCase{
 		{Mode: "default", RTT: 0},
 		{Mode: "sequential", RTT: 0, Args: bin.sequentialArgs()},

@@ -6,7 +6,7 @@ import (
 	"log"
 	"time"
 
-	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
 // largeResult is the adapter's cost of one --once round at 100,000 targets.
@@ -21,9 +21,12 @@ type largeResult struct {
 
 // measureLarge runs the adapter with its defaults and --once against a
 // (loopback, through a counting proxy) and keeps the medians.
-func measureLarge(ctx context.Context, sc *scope, bin *adapterBin, a *agent, cat catalog, runs int) (*largeResult, error) {
-	proxy := faultproxy.Start(sc, a.Addr)
-	dir := sc.TempDir()
+func measureLarge(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, runs int) (*largeResult, error) {
+	proxy, err := sc.proxy(a.Addr)
+	if err != nil {
+		return nil, err
+	}
+	dir := sc.dir
 	want := cat.services * cat.instances
 	var rs []onceResult
 	var reqs []int

@@ -69,7 +69,11 @@ func run(args []string) int {
 		log.Print(err)
 		return 1
 	}
-	top := newScope("bench")
+	top, err := newScope()
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
 	defer top.close()
 
 	rep := &report{
@@ -78,15 +82,14 @@ func run(args []string) int {
 		largeCat: catalog{services: *largeServices, instances: *instances},
 		largeRun: want("large"),
 	}
-	var consulBin string
-	if _, err := within("setup", func(sc *scope) (struct{}, error) {
-		consulBin = consultest.Binary(sc)
-		rep.machine = machineInfo(root, consulBin)
-		log.Print("building the adapter")
-		bin, err := buildAdapter(ctx, root, top.TempDir())
-		rep.bin = bin
-		return struct{}{}, err
-	}); err != nil {
+	consulBin, err := consultest.BinaryPath()
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	rep.machine = machineInfo(root, consulBin)
+	log.Print("building the adapter")
+	if rep.bin, err = buildAdapter(ctx, root, top.dir); err != nil {
 		log.Print(err)
 		return 1
 	}
@@ -107,27 +110,27 @@ func run(args []string) int {
 
 	// The large catalog: cold refresh, quiet cluster, and -large.
 	if want("cold") || (want("quiet") && *services != *propServices) || want("large") {
-		_, err := within("large catalog", func(sc *scope) (struct{}, error) {
+		_, err := within(func(sc *scope) (struct{}, error) {
 			a, err := agentWith(ctx, sc, consulBin, "bench-large", rep.cat)
 			if err != nil {
 				return struct{}{}, err
 			}
 			if want("cold") {
 				log.Printf("cold refresh, %d x %d", rep.cat.services, rep.cat.instances)
-				rep.cold, rep.coldErr = within("cold", func(sc *scope) ([]coldStats, error) {
+				rep.cold, rep.coldErr = within(func(sc *scope) ([]coldStats, error) {
 					return measureCold(ctx, sc, rep.bin, a, *runs, rep.cat.services*rep.cat.instances)
 				})
 				logErr("cold", rep.coldErr)
 			}
 			if want("quiet") && *services != *propServices {
-				quietRes[*services], quietErr[*services] = within("quiet", func(sc *scope) (*quietResult, error) {
+				quietRes[*services], quietErr[*services] = within(func(sc *scope) (*quietResult, error) {
 					return measureQuiet(ctx, sc, rep.bin, a, rep.cat, *quiet)
 				})
 				logErr("quiet", quietErr[*services])
 			}
 			if want("large") {
 				log.Printf("growing the catalog to %d x %d", rep.largeCat.services, rep.largeCat.instances)
-				rep.large, rep.largeErr = within("large", func(sc *scope) (*largeResult, error) {
+				rep.large, rep.largeErr = within(func(sc *scope) (*largeResult, error) {
 					if err := rep.largeCat.register(ctx, a.Client, rep.cat.services); err != nil {
 						return nil, err
 					}
@@ -150,20 +153,20 @@ func run(args []string) int {
 	// The small catalog: propagation and the small quiet cluster.
 	small := catalog{services: *propServices, instances: *instances}
 	if want("prop") || want("quiet") {
-		_, err := within("small catalog", func(sc *scope) (struct{}, error) {
+		_, err := within(func(sc *scope) (struct{}, error) {
 			a, err := agentWith(ctx, sc, consulBin, "bench-small", small)
 			if err != nil {
 				return struct{}{}, err
 			}
 			if want("prop") {
 				log.Printf("propagation, %d services", small.services)
-				rep.prop, rep.propErr = within("propagation", func(sc *scope) (*propResult, error) {
+				rep.prop, rep.propErr = within(func(sc *scope) (*propResult, error) {
 					return measurePropagation(ctx, sc, rep.bin, a, small, *changes, *pace)
 				})
 				logErr("propagation", rep.propErr)
 			}
 			if want("quiet") {
-				quietRes[small.services], quietErr[small.services] = within("quiet", func(sc *scope) (*quietResult, error) {
+				quietRes[small.services], quietErr[small.services] = within(func(sc *scope) (*quietResult, error) {
 					return measureQuiet(ctx, sc, rep.bin, a, small, *quiet)
 				})
 				logErr("quiet", quietErr[small.services])
@@ -214,31 +217,28 @@ func run(args []string) int {
 	return 0
 }
 
-// within runs fn in a scope of its own, closed when fn returns, and turns
-// a Fatalf inside it into an error.
-func within[T any](name string, fn func(*scope) (T, error)) (res T, err error) {
-	sc := newScope(name)
-	defer sc.close()
-	defer func() {
-		if p := recover(); p != nil {
-			f, ok := p.(fatal)
-			if !ok {
-				panic(p)
-			}
-			err = errors.New(f.msg)
-		}
-	}()
-	return fn(sc)
-}
+// maxConnsPerClient raises Consul's limit of 200 connections per client
+// IP, as an operator running Prometheus against a large catalog has to: the
+// built-in SD holds one blocking query (one connection) per service, and
+// would get 429s at 2,000 services.
+const maxConnsPerClient = 8192
 
-// agentWith starts an agent in sc and registers cat in it.
-func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*agent, error) {
+// agentWith starts a dev agent in sc and registers cat in it.
+func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*consultest.Agent, error) {
 	log.Printf("starting consul agent %s", name)
-	a, err := startAgent(ctx, bin, sc.TempDir(), name)
-	if err != nil {
-		return nil, err
+	a, err := consultest.Launch(bin, sc.dir,
+		consultest.WithHCL(fmt.Sprintf("limits { http_max_conns_per_client = %d }", maxConnsPerClient)),
+		// Dev mode logs every request at debug level; production agents
+		// log at info, and the log would otherwise cost the agent CPU that
+		// the adapter is charged for in wall time.
+		consultest.WithHCL(`log_level = "info"`),
+	)
+	if a != nil {
+		sc.cleanup(a.Stop)
 	}
-	sc.Cleanup(a.stop)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	log.Printf("registering %d services x %d instances", cat.services, cat.instances)
 	return a, cat.register(ctx, a.Client, 0)
 }

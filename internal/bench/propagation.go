@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
 const (
@@ -215,11 +217,11 @@ func watchFile(ctx context.Context, path string, tr *tracker, i int) {
 // measurePropagation runs the adapter (defaults) and the built-in SD, tuned
 // and as in Prometheus, against a, makes the changes one at a time, and
 // records when each observer sees each.
-func measurePropagation(ctx context.Context, sc *scope, bin *adapterBin, a *agent, cat catalog, n int, pace time.Duration) (*propResult, error) {
+func measurePropagation(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, n int, pace time.Duration) (*propResult, error) {
 	if 3*n > cat.services {
 		return nil, fmt.Errorf("propagation needs %d services for %d changes of each kind, the catalog has %d", 3*n, n, cat.services)
 	}
-	dir := sc.TempDir()
+	dir := sc.dir
 	res := &propResult{
 		Services: cat.services, Changes: n, Pace: pace,
 		Observers: []string{obsAdapter, obsTuned, obsPromDflt},

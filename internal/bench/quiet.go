@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
-	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
 // quietRefresh is the adapter's refresh interval on the quiet cluster: 12
@@ -38,11 +38,17 @@ func perMinute(v float64, d time.Duration) float64 { return v / d.Minutes() }
 // built-in SD side by side against a catalog that does not change, each
 // through its own counting proxy, and measures their cost once both are in
 // their steady state.
-func measureQuiet(ctx context.Context, sc *scope, bin *adapterBin, a *agent, cat catalog, window time.Duration) (*quietResult, error) {
+func measureQuiet(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, window time.Duration) (*quietResult, error) {
 	res := &quietResult{Services: cat.services, Window: window, BuiltinWindow: max(window, builtinQuietWindow)}
-	dir := sc.TempDir()
-	pa := faultproxy.Start(sc, a.Addr)
-	pb := faultproxy.Start(sc, a.Addr)
+	dir := sc.dir
+	pa, err := sc.proxy(a.Addr)
+	if err != nil {
+		return nil, err
+	}
+	pb, err := sc.proxy(a.Addr)
+	if err != nil {
+		return nil, err
+	}
 	want := cat.services * cat.instances
 
 	d, err := bin.startDaemon(sc, pa.Addr, dir, "quiet", []string{"--refresh.interval=" + quietRefresh.String()})

@@ -1,67 +1,57 @@
 package main
 
 import (
-	"fmt"
-	"log"
 	"os"
-	"sync"
-	"testing"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
 
-// scope is the testing.TB that internal/faultproxy wants, for a program: it
-// collects cleanups and runs them when the measurement that opened it ends.
-// The embedded TB is nil: faultproxy.Start calls only the methods defined
-// here; any other would panic, which the harness reports and cleans up
-// after like any failure.
+// scope holds what one part of the run starts (agents, proxies, adapters)
+// and a temporary directory for their files; close stops them all and
+// removes the directory. A scope is used by one goroutine.
 type scope struct {
-	testing.TB
-
-	name string
-	mu   sync.Mutex
-	fns  []func()
-	fail bool
+	dir string
+	fns []func()
 }
 
-// fatal is the panic value of Fatalf; main recovers it.
-type fatal struct{ msg string }
-
-func newScope(name string) *scope { return &scope{name: name} }
-
-func (s *scope) Helper()      {}
-func (s *scope) Name() string { return s.name }
-func (s *scope) Failed() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.fail }
-
-func (s *scope) Logf(format string, args ...any) { log.Printf(s.name+": "+format, args...) }
-
-func (s *scope) Fatalf(format string, args ...any) {
-	s.mu.Lock()
-	s.fail = true
-	s.mu.Unlock()
-	panic(fatal{s.name + ": " + fmt.Sprintf(format, args...)})
-}
-
-func (s *scope) Cleanup(f func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fns = append(s.fns, f)
-}
-
-func (s *scope) TempDir() string {
+func newScope() (*scope, error) {
 	dir, err := os.MkdirTemp("", "consul-sd-bench-")
 	if err != nil {
-		s.Fatalf("%v", err)
+		return nil, err
 	}
-	s.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	s := &scope{dir: dir}
+	s.cleanup(func() { os.RemoveAll(dir) })
+	return s, nil
 }
 
-// close runs the cleanups, last registered first.
-func (s *scope) close() {
-	s.mu.Lock()
-	fns := s.fns
-	s.fns = nil
-	s.mu.Unlock()
-	for i := len(fns) - 1; i >= 0; i-- {
-		fns[i]()
+// within runs fn in a scope of its own, closed when fn returns.
+func within[T any](fn func(*scope) (T, error)) (T, error) {
+	sc, err := newScope()
+	if err != nil {
+		var zero T
+		return zero, err
 	}
+	defer sc.close()
+	return fn(sc)
+}
+
+// cleanup adds f to what close runs.
+func (s *scope) cleanup(f func()) { s.fns = append(s.fns, f) }
+
+// proxy starts a counting proxy to target, closed with the scope.
+func (s *scope) proxy(target string) (*faultproxy.Proxy, error) {
+	p, err := faultproxy.New(target)
+	if err != nil {
+		return nil, err
+	}
+	s.cleanup(p.Close)
+	return p, nil
+}
+
+// close runs the cleanups, last added first.
+func (s *scope) close() {
+	for i := len(s.fns) - 1; i >= 0; i-- {
+		s.fns[i]()
+	}
+	s.fns = nil
 }

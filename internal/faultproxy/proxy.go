@@ -41,18 +41,33 @@ type Proxy struct {
 	total  int
 }
 
-// Start starts a proxy to target, an agent's "host:port" or base URL
-// ("http://host:port"; for "https://" the agent's certificate is not
-// verified, the proxy itself always serves plain HTTP). The proxy is closed
-// when the test ends.
+// Start starts a proxy to target, as New does, and closes it when the test
+// ends. It fails the test if the proxy cannot start.
 func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
+	p, err := New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// New starts a proxy to target, an agent's "host:port" or base URL
+// ("http://host:port"; for "https://" the agent's certificate is not
+// verified, the proxy itself always serves plain HTTP). The caller closes
+// it. Tests use Start.
+func New(target string) (*Proxy, error) {
 	if !strings.Contains(target, "://") {
 		target = "http://" + target
 	}
 	u, err := url.Parse(target)
 	if err != nil || u.Host == "" {
-		t.Fatalf("faultproxy: bad target %q: %v", target, err)
+		return nil, fmt.Errorf("faultproxy: bad target %q: %v", target, err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("faultproxy: %w", err)
 	}
 
 	p := &Proxy{faults: map[string]Fault{}, counts: map[string]int{}}
@@ -80,11 +95,13 @@ func Start(t testing.TB, target string) *Proxy {
 		// Requests cut short by clients and by Close are expected here.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	// httptest.Server rather than http.Server: its Close waits for every
+	// handler to return. Its own listener would panic on failure.
+	p.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(p.serve)}}
+	p.srv.Start()
 	p.URL = p.srv.URL
 	p.Addr = strings.TrimPrefix(p.srv.URL, "http://")
-	t.Cleanup(p.Close)
-	return p
+	return p, nil
 }
 
 // Close stops the proxy: it drops held and in-flight requests, closes all
