@@ -14,7 +14,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -150,6 +149,20 @@ func webOn(n int) consultest.Instance {
 	return consultest.Instance{Node: fmt.Sprintf("node-%d", n), NodeAddress: fmt.Sprintf("10.0.%d.%d", n/250, n%250+1), Service: "web", Port: 80}
 }
 
+// startBehindProxy starts an agent holding first, and the daemon reaching
+// it through a fault proxy with args, writing a fresh file; it returns once
+// the file holds what the agent says.
+func startBehindProxy(t *testing.T, first consultest.Instance, args ...string) (*consultest.Agent, *faultproxy.Proxy, string, *daemon) {
+	t.Helper()
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, first)
+	proxy := faultproxy.Start(t, agent.Addr)
+	out := filepath.Join(t.TempDir(), "custom_sd.json")
+	d := startDaemon(t, nil, append([]string{"--listen.address=" + proxy.Addr, "--output.file=" + out}, args...)...)
+	waitForTruth(t, agent, out)
+	return agent, proxy, out, d
+}
+
 // failureReasons are the values of consul_sd_adapter_refresh_failures_total's
 // reason label.
 var failureReasons = []string{"timeout", "http_status", "decode", "connection", "acl"}
@@ -207,13 +220,7 @@ func TestConsulStopsMidRun(t *testing.T) {
 // and the failure is counted under the expected reason (and no other); once
 // the fault clears the change reaches the file.
 func TestFaultMatrix(t *testing.T) {
-	agent := consultest.Start(t)
-	agent.RegisterInstance(t, webOn(0))
-	proxy := faultproxy.Start(t, agent.Addr)
-	out := filepath.Join(t.TempDir(), "custom_sd.json")
-	d := startDaemon(t, nil, "--listen.address="+proxy.Addr, "--output.file="+out,
-		"--refresh.interval=100ms", "--consul.request-timeout=500ms")
-	waitForTruth(t, agent, out)
+	agent, proxy, out, d := startBehindProxy(t, webOn(0), "--refresh.interval=100ms", "--consul.request-timeout=500ms")
 
 	tests := []struct {
 		fault  faultproxy.Fault
@@ -262,12 +269,7 @@ func TestFaultMatrix(t *testing.T) {
 // a stale index would miss it. The proxy's request count over the whole
 // window proves the watchers do not spin.
 func TestIndexBackwards(t *testing.T) {
-	agent := consultest.Start(t)
-	agent.RegisterInstance(t, webOn(1))
-	proxy := faultproxy.Start(t, agent.Addr)
-	out := filepath.Join(t.TempDir(), "custom_sd.json")
-	startDaemon(t, nil, "--listen.address="+proxy.Addr, "--output.file="+out, "--refresh.interval=10m")
-	waitForTruth(t, agent, out)
+	agent, proxy, out, _ := startBehindProxy(t, webOn(1), "--refresh.interval=10m")
 
 	start, began := proxy.TotalRequests(), time.Now()
 	for _, p := range indexPaths {
@@ -373,32 +375,7 @@ func startAsNobody(t *testing.T, args ...string) *daemon {
 	if err := copyFile(binary, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	web := freeAddr(t)
-	cmd := exec.Command(bin, append(args, "--web.listen-address="+web, "--log.level=debug")...)
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	d := &daemon{cmd: cmd, web: web, stderr: &bytes.Buffer{}, done: make(chan struct{})}
-	cmd.Stderr = &syncWriter{w: d.stderr}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-d.done
-		if t.Failed() {
-			t.Logf("adapter log:\n%s", d.log())
-		}
-	})
-	return d
-}
-
-// log returns what the daemon logged so far.
-func (d *daemon) log() string {
-	w := d.cmd.Stderr.(*syncWriter)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.String()
+	return launchDaemon(t, bin, nil, &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, args...)
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {
@@ -578,12 +555,7 @@ func TestCrashSafety(t *testing.T) {
 // TestSigtermDuringSlowRound sends SIGTERM while a round waits on a slow
 // per-service query: the process exits 0 and the file is untouched.
 func TestSigtermDuringSlowRound(t *testing.T) {
-	agent := consultest.Start(t)
-	agent.RegisterInstance(t, webOn(1))
-	proxy := faultproxy.Start(t, agent.Addr)
-	out := filepath.Join(t.TempDir(), "custom_sd.json")
-	d := startDaemon(t, nil, "--listen.address="+proxy.Addr, "--output.file="+out, "--refresh.interval=100ms")
-	waitForTruth(t, agent, out)
+	agent, proxy, out, d := startBehindProxy(t, webOn(1), "--refresh.interval=100ms")
 	before := mustRead(t, out)
 
 	proxy.Set(webPath, faultproxy.Delay(10*time.Second))

@@ -103,6 +103,16 @@ func readTargets(t *testing.T, path string) map[string]map[string]string {
 	return targets
 }
 
+// onceTargets fails the test unless r, a --once run, exited 0, and returns
+// the targets it wrote to out.
+func onceTargets(t *testing.T, r result, out string) map[string]map[string]string {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("--once exited %d: %s", r.code, r.stderr)
+	}
+	return readTargets(t, out)
+}
+
 func TestOnce(t *testing.T) {
 	agent := consultest.Start(t)
 	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
@@ -110,10 +120,7 @@ func TestOnce(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "custom_sd.json")
 
 	r := runBinary(t, nil, "--once", "--listen.address="+agent.Addr, "--output.file="+out)
-	if r.code != 0 {
-		t.Fatalf("--once exited %d: %s", r.code, r.stderr)
-	}
-	targets := readTargets(t, out)
+	targets := onceTargets(t, r, out)
 	if len(targets) != 2 || targets["10.0.0.1:80"]["__meta_consul_node"] != "n1" || targets["10.0.0.2:80"]["__meta_consul_node"] != "n2" {
 		t.Errorf("targets %v, want web on n1 and n2", targets)
 	}
@@ -209,9 +216,18 @@ type daemon struct {
 
 func startDaemon(t *testing.T, env []string, args ...string) *daemon {
 	t.Helper()
+	return launchDaemon(t, binary, env, nil, args...)
+}
+
+// launchDaemon starts bin as the daemon, with env added to a scrubbed
+// Consul environment and attr (nil for none) as its SysProcAttr. The test's
+// cleanup kills it.
+func launchDaemon(t *testing.T, bin string, env []string, attr *syscall.SysProcAttr, args ...string) *daemon {
+	t.Helper()
 	web := freeAddr(t)
-	cmd := exec.Command(binary, append(args, "--web.listen-address="+web, "--log.level=debug")...)
+	cmd := exec.Command(bin, append(args, "--web.listen-address="+web, "--log.level=debug")...)
 	cmd.Env = append(cleanEnv(), env...)
+	cmd.SysProcAttr = attr
 	d := &daemon{cmd: cmd, web: web, stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = &syncWriter{w: d.stderr}
 	if err := cmd.Start(); err != nil {
@@ -222,10 +238,18 @@ func startDaemon(t *testing.T, env []string, args ...string) *daemon {
 		cmd.Process.Kill()
 		<-d.done
 		if t.Failed() {
-			t.Logf("adapter log:\n%s", d.stderr)
+			t.Logf("adapter log:\n%s", d.log())
 		}
 	})
 	return d
+}
+
+// log returns what the daemon logged so far.
+func (d *daemon) log() string {
+	w := d.cmd.Stderr.(*syncWriter)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.String()
 }
 
 func (d *daemon) get(path string) (int, string) {

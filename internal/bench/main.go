@@ -10,13 +10,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"maps"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -24,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
@@ -64,7 +63,7 @@ func run(args []string) int {
 		return *only == "" || slices.Contains(strings.Split(*only, ","), name)
 	}
 
-	root, err := moduleRoot()
+	root, err := adapterproc.ModuleRoot()
 	if err != nil {
 		log.Print(err)
 		return 1
@@ -256,17 +255,4 @@ func setupErr(own, setup error, wanted bool) error {
 		return own
 	}
 	return setup
-}
-
-// moduleRoot is the directory of the main module's go.mod.
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside the module: run from the repository")
-	}
-	return filepath.Dir(gomod), nil
 }

@@ -247,7 +247,7 @@ func measurePropagation(ctx context.Context, sc *scope, bin *adapterBin, a *cons
 		}
 	}
 	started := time.Now()
-	if err := d.waitReady(ctx); err != nil {
+	if err := d.WaitReady(ctx, daemonReadyWait); err != nil {
 		return nil, err
 	}
 	if err := tr.waitCount(ctx, cat.services*cat.instances, 2*time.Minute); err != nil {

@@ -69,7 +69,7 @@ func measureQuiet(ctx context.Context, sc *scope, bin *adapterBin, a *consultest
 		return nil, err
 	}
 	started := time.Now()
-	if err := d.waitReady(ctx); err != nil {
+	if err := d.WaitReady(ctx, daemonReadyWait); err != nil {
 		return nil, err
 	}
 	select {
@@ -93,22 +93,22 @@ func measureQuiet(ctx context.Context, sc *scope, bin *adapterBin, a *consultest
 	log.Printf("quiet %d services: measuring the adapter for %s and the built-in SD for %s", cat.services, res.Window, res.BuiltinWindow)
 	start := time.Now()
 	ra, rb := pa.TotalRequests(), pb.TotalRequests()
-	cpu0, err := d.metric("process_cpu_seconds_total")
+	cpu0, err := d.Metric("process_cpu_seconds_total")
 	if err != nil {
 		return nil, err
 	}
-	w0, err := d.metric("consul_sd_adapter_file_writes_total")
+	w0, err := d.Metric("consul_sd_adapter_file_writes_total")
 	if err != nil {
 		return nil, err
 	}
 	if err := sleep(ctx, res.Window); err != nil {
 		return nil, err
 	}
-	cpu1, err := d.metric("process_cpu_seconds_total")
+	cpu1, err := d.Metric("process_cpu_seconds_total")
 	if err != nil {
 		return nil, err
 	}
-	w1, err := d.metric("consul_sd_adapter_file_writes_total")
+	w1, err := d.Metric("consul_sd_adapter_file_writes_total")
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func measureQuiet(ctx context.Context, sc *scope, bin *adapterBin, a *consultest
 	res.Requests = perMinute(float64(pa.TotalRequests()-ra), el)
 	res.CPU = perMinute(cpu1-cpu0, el)
 	res.Writes = perMinute(w1-w0, el)
-	d.stop() // leave the machine to the built-in SD
+	d.Stop() // leave the machine to the built-in SD
 
 	if err := sleep(ctx, res.BuiltinWindow-time.Since(start)); err != nil {
 		return nil, err

@@ -187,9 +187,9 @@ func wantDiscovered(inst consultest.Instance, sdFile string) map[string]string {
 // repository's prometheus.yml sits next to the sd/ directory the adapter
 // writes into, and finds the file through its relative file_sd path.
 type stack struct {
+	*promTargets
 	sdFile  string // the adapter's output
 	adapter *process
-	prom    *process
 }
 
 func startStack(t *testing.T, consulAddr string) *stack {
@@ -207,27 +207,38 @@ func startStack(t *testing.T, consulAddr string) *stack {
 	}
 	s := &stack{sdFile: filepath.Join(dir, "sd", "custom_sd.json")}
 	s.adapter = startAdapter(t, consulAddr, s.sdFile)
-	s.prom = startPrometheus(t, dir)
+	s.promTargets = &promTargets{prom: startPrometheus(t, dir), sourceLabel: "__meta_filepath", source: s.sdFile}
 	return s
 }
 
+// startAdapter starts the adapter writing outputFile and waits until it is
+// ready.
 func startAdapter(t *testing.T, consulAddr, outputFile string) *process {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command(adapterBin,
-		"--output.file="+outputFile,
-		"--listen.address="+consulAddr,
+	p, _ := runAdapterTo(t, consulAddr, outputFile, freeAddr(t))
+	p.waitReady(t)
+	return p
+}
+
+// runAdapterTo starts the adapter writing outputFile, with its web server on
+// webAddr, without waiting for it to be ready. The returned command lets a
+// test kill it early.
+func runAdapterTo(t *testing.T, consulAddr, outputFile, webAddr string, extra ...string) (*process, *exec.Cmd) {
+	t.Helper()
+	args := append([]string{
+		"--output.file=" + outputFile,
+		"--listen.address=" + consulAddr,
 		"--refresh.interval=200ms",
-		"--web.listen-address="+addr)
+		"--web.listen-address=" + webAddr,
+	}, extra...)
+	cmd := exec.Command(adapterBin, args...)
 	// A developer's own Consul settings must not leak in.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CONSUL_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	p := start(t, "adapter", addr, cmd)
-	p.waitReady(t)
-	return p
+	return start(t, "adapter", webAddr, cmd), cmd
 }
 
 // startPrometheus runs Debian's Prometheus on the prometheus.yml in dir.
@@ -257,9 +268,17 @@ type target struct {
 	Labels           map[string]string `json:"labels"`
 }
 
+// promTargets is a Prometheus's active targets from one source: the
+// adapter's file (file_sd) or its /targets (http_sd).
+type promTargets struct {
+	prom        *process
+	sourceLabel string // the discovered label naming the source: __meta_filepath or __meta_url
+	source      string // the file or URL
+}
+
 // activeTargets returns Prometheus's active targets that came from the
-// adapter's file.
-func (s *stack) activeTargets(t *testing.T) []target {
+// source.
+func (s *promTargets) activeTargets(t *testing.T) []target {
 	t.Helper()
 	var resp struct {
 		Status string `json:"status"`
@@ -273,7 +292,7 @@ func (s *stack) activeTargets(t *testing.T) []target {
 	}
 	var targets []target
 	for _, tg := range resp.Data.ActiveTargets {
-		if tg.DiscoveredLabels["__meta_filepath"] == s.sdFile {
+		if tg.DiscoveredLabels[s.sourceLabel] == s.source {
 			targets = append(targets, tg)
 		}
 	}
@@ -281,7 +300,7 @@ func (s *stack) activeTargets(t *testing.T) []target {
 }
 
 // waitTargets waits until cond holds for Prometheus's targets by address.
-func (s *stack) waitTargets(t *testing.T, what string, cond func(map[string]target) bool) {
+func (s *promTargets) waitTargets(t *testing.T, what string, cond func(map[string]target) bool) {
 	t.Helper()
 	waitFor(t, what, func() (bool, string) {
 		targets := s.activeTargets(t)
@@ -305,13 +324,14 @@ func hasAll(insts []consultest.Instance) func(map[string]target) bool {
 }
 
 // checkTargets asserts that Prometheus lists exactly want, each once, with
-// the labels discovered for it and the job the repository's relabeling
-// derives from the service.
-func (s *stack) checkTargets(t *testing.T, want []consultest.Instance) {
+// the labels discovered for it (and the label naming the source: the file
+// or the http_sd URL) and the job the repository's relabeling derives from
+// the service.
+func (s *promTargets) checkTargets(t *testing.T, want []consultest.Instance) {
 	t.Helper()
 	got := s.activeTargets(t)
 	if len(got) != len(want) {
-		t.Errorf("Prometheus has %d targets from %s, want %d:\n%s", len(got), s.sdFile, len(want), describe(got))
+		t.Errorf("Prometheus has %d targets from %s, want %d:\n%s", len(got), s.source, len(want), describe(got))
 	}
 	for _, inst := range want {
 		i := slices.IndexFunc(got, func(tg target) bool { return tg.DiscoveredLabels["__address__"] == address(inst) })
@@ -320,7 +340,10 @@ func (s *stack) checkTargets(t *testing.T, want []consultest.Instance) {
 			continue
 		}
 		tg := got[i]
-		for name, value := range wantDiscovered(inst, s.sdFile) {
+		wantLabels := wantDiscovered(inst, "")
+		delete(wantLabels, "__meta_filepath")
+		wantLabels[s.sourceLabel] = s.source
+		for name, value := range wantLabels {
 			if tg.DiscoveredLabels[name] != value {
 				t.Errorf("%s: discovered label %s=%q, want %q", inst.ID, name, tg.DiscoveredLabels[name], value)
 			}
@@ -334,7 +357,7 @@ func (s *stack) checkTargets(t *testing.T, want []consultest.Instance) {
 // waitPrometheusReread waits until Prometheus has read its file_sd files
 // twice more, and after that synced the scrape pool twice more: the targets
 // it lists then reflect a reading of the file that began after this call.
-func (s *stack) waitPrometheusReread(t *testing.T, pool string) {
+func (s *promTargets) waitPrometheusReread(t *testing.T, pool string) {
 	t.Helper()
 	for _, series := range []string{
 		"prometheus_sd_file_scan_duration_seconds_count",

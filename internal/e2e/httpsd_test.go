@@ -159,20 +159,7 @@ type credentials struct{ user, password string }
 // directory. The returned command lets a test kill it early.
 func runAdapter(t *testing.T, consulAddr, webAddr string, extra ...string) (*process, *exec.Cmd) {
 	t.Helper()
-	args := append([]string{
-		"--output.file=" + filepath.Join(t.TempDir(), "custom_sd.json"),
-		"--listen.address=" + consulAddr,
-		"--refresh.interval=200ms",
-		"--web.listen-address=" + webAddr,
-	}, extra...)
-	cmd := exec.Command(adapterBin, args...)
-	// A developer's own Consul settings must not leak in.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	return start(t, "adapter", webAddr, cmd), cmd
+	return runAdapterTo(t, consulAddr, filepath.Join(t.TempDir(), "custom_sd.json"), webAddr, extra...)
 }
 
 // downConsulAddr is the address of a Consul that is down: a loopback port
@@ -307,17 +294,10 @@ func checkGroups(t *testing.T, groups []*targetgroup.Group, want []consultest.In
 	}
 }
 
-// httpSDStack is a Prometheus fetching its targets from the adapter's
-// /targets.
-type httpSDStack struct {
-	url  string
-	prom *process
-}
-
 // startHTTPSDPrometheus runs Prometheus on the repository's prometheus.yml,
 // with its file_sd_configs replaced by http_sd_configs fetching url (with
 // basic auth if creds is set): the same job and relabeling, another source.
-func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *httpSDStack {
+func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *promTargets {
 	t.Helper()
 	dir := t.TempDir()
 	raw, err := os.ReadFile(filepath.Join(repoRoot(t), "prometheus.yml"))
@@ -355,70 +335,5 @@ func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *httpSD
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &httpSDStack{url: url, prom: startPrometheus(t, dir)}
-}
-
-// activeTargets returns Prometheus's active targets that came from url.
-func (s *httpSDStack) activeTargets(t *testing.T) []target {
-	t.Helper()
-	var resp struct {
-		Status string `json:"status"`
-		Data   struct {
-			ActiveTargets []target `json:"activeTargets"`
-		} `json:"data"`
-	}
-	body := s.prom.get(t, "/api/v1/targets?state=active")
-	if err := json.Unmarshal(body, &resp); err != nil || resp.Status != "success" {
-		t.Fatalf("prometheus /api/v1/targets: %v\n%s", err, body)
-	}
-	var targets []target
-	for _, tg := range resp.Data.ActiveTargets {
-		if tg.DiscoveredLabels["__meta_url"] == s.url {
-			targets = append(targets, tg)
-		}
-	}
-	return targets
-}
-
-// waitTargets waits until cond holds for Prometheus's targets by address.
-func (s *httpSDStack) waitTargets(t *testing.T, what string, cond func(map[string]target) bool) {
-	t.Helper()
-	waitFor(t, what, func() (bool, string) {
-		targets := s.activeTargets(t)
-		byAddress := map[string]target{}
-		for _, tg := range targets {
-			byAddress[tg.DiscoveredLabels["__address__"]] = tg
-		}
-		return cond(byAddress), describe(targets)
-	})
-}
-
-// checkTargets asserts that Prometheus lists exactly want, each once, with
-// the labels discovered for it (and __meta_url, the http_sd URL) and the
-// job the repository's relabeling derives from the service.
-func (s *httpSDStack) checkTargets(t *testing.T, want []consultest.Instance) {
-	t.Helper()
-	got := s.activeTargets(t)
-	if len(got) != len(want) {
-		t.Errorf("Prometheus has %d targets from %s, want %d:\n%s", len(got), s.url, len(want), describe(got))
-	}
-	for _, inst := range want {
-		i := slices.IndexFunc(got, func(tg target) bool { return tg.DiscoveredLabels["__address__"] == address(inst) })
-		if i < 0 {
-			t.Errorf("%s (%s) missing from Prometheus's targets:\n%s", inst.ID, address(inst), describe(got))
-			continue
-		}
-		tg := got[i]
-		wantLabels := wantDiscovered(inst, "")
-		delete(wantLabels, "__meta_filepath")
-		wantLabels["__meta_url"] = s.url
-		for name, value := range wantLabels {
-			if tg.DiscoveredLabels[name] != value {
-				t.Errorf("%s: discovered label %s=%q, want %q", inst.ID, name, tg.DiscoveredLabels[name], value)
-			}
-		}
-		if tg.Labels["job"] != inst.Service {
-			t.Errorf("%s: job=%q, want the service name %q", inst.ID, tg.Labels["job"], inst.Service)
-		}
-	}
+	return &promTargets{prom: startPrometheus(t, dir), sourceLabel: "__meta_url", source: url}
 }

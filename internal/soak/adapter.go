@@ -1,178 +1,18 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
-
-// moduleRoot finds the directory of go.mod, from the working directory up.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory: run from the repository")
-		}
-		dir = parent
-	}
-}
-
-// buildAdapter builds ./cmd/consul-sd-adapter into dir.
-func buildAdapter(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "consul-sd-adapter")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/consul-sd-adapter")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-}
-
-// daemon is the adapter running as a service.
-type daemon struct {
-	out  string
-	web  string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	http *http.Client
-}
-
-func startDaemon(bin, consul, dir string, args ...string) (*daemon, error) {
-	web, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	d := &daemon{
-		out:  filepath.Join(dir, "custom_sd.json"),
-		web:  web,
-		log:  filepath.Join(dir, "adapter.log"),
-		done: make(chan struct{}),
-		// No keep-alive: an idle connection of ours would be a goroutine
-		// in the adapter, counted in go_goroutines.
-		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
-	}
-	f, err := os.Create(d.log)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	d.cmd = exec.Command(bin, append([]string{
-		"--listen.address=" + consul, "--output.file=" + d.out, "--web.listen-address=" + d.web,
-	}, args...)...)
-	d.cmd.Stdout, d.cmd.Stderr = f, f
-	d.cmd.Env = envWithout("CONSUL_")
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { d.cmd.Wait(); close(d.done) }() //nolint:errcheck // read through ProcessState
-	return d, nil
-}
-
-// waitReady waits until /-/ready answers 200.
-func (d *daemon) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := d.http.Get("http://" + d.web + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-d.done:
-			return fmt.Errorf("adapter exited; log tail:\n%s", tail(d.log, 2<<10))
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("adapter not ready after %s; log tail:\n%s", timeout, tail(d.log, 2<<10))
-		}
-	}
-}
-
-// metrics reads /metrics into series -> value. Histogram _count series of
-// consul_request_duration_seconds are summed into "consul_requests".
-func (d *daemon) metrics() (map[string]float64, error) {
-	resp, err := d.http.Get("http://" + d.web + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	m := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		series := line[:i]
-		m[series] = v
-		if strings.HasPrefix(series, "consul_sd_adapter_consul_request_duration_seconds_count{") {
-			m["consul_requests"] += v
-		}
-	}
-	return m, sc.Err()
-}
-
-// stopTimeout is how long stop waits after SIGTERM before SIGKILL.
-const stopTimeout = 5 * time.Second
-
-// stop sends SIGTERM and returns the exit status (-1 if it had to be killed).
-func (d *daemon) stop() int {
-	select {
-	case <-d.done:
-		return d.cmd.ProcessState.ExitCode()
-	default:
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-		return d.cmd.ProcessState.ExitCode()
-	case <-time.After(stopTimeout):
-		_ = d.cmd.Process.Kill()
-		<-d.done
-		return -1
-	}
-}
 
 // view is what a file, or Consul, says about each instance:
 // "node/service-id" -> address, health, tags and node meta.
@@ -253,45 +93,4 @@ func diff(got, want view) string {
 		lines = append(lines[:10], fmt.Sprintf("  ... and %d more", len(lines)-10))
 	}
 	return strings.Join(lines, "\n")
-}
-
-// freeAddr returns a loopback address with a port that was free just now.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// envWithout is the environment without the variables starting with prefix,
-// so that the machine's own Consul settings cannot leak in.
-func envWithout(prefix string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, prefix) {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// tail returns up to the last n bytes of a file.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > n {
-		f.Seek(fi.Size()-n, 0) //nolint:errcheck // best effort
-	}
-	b := make([]byte, n)
-	k, _ := f.Read(b)
-	s := string(b[:k])
-	if i := strings.IndexByte(s, '\n'); k == int(n) && i >= 0 {
-		s = s[i+1:] // from the first whole line
-	}
-	return s
 }

@@ -27,12 +27,14 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
@@ -91,8 +93,8 @@ type sample struct {
 	targets    float64
 }
 
-func read(d *daemon, at time.Duration) (sample, error) {
-	m, err := d.metrics()
+func read(d *adapterproc.Adapter, at time.Duration) (sample, error) {
+	m, err := d.Metrics()
 	if err != nil {
 		return sample{}, err
 	}
@@ -102,7 +104,6 @@ func read(d *daemon, at time.Duration) (sample, error) {
 		heapInuse:  m["go_memstats_heap_inuse_bytes"],
 		rss:        m["process_resident_memory_bytes"],
 		cpu:        m["process_cpu_seconds_total"],
-		requests:   m["consul_requests"],
 		okRounds:   m[`consul_sd_adapter_refreshes_total{result="success"}`],
 		failRounds: m[`consul_sd_adapter_refreshes_total{result="failure"}`],
 		writes:     m["consul_sd_adapter_file_writes_total"],
@@ -112,6 +113,9 @@ func read(d *daemon, at time.Duration) (sample, error) {
 	for k, v := range m {
 		if strings.HasPrefix(k, "consul_sd_adapter_refresh_failures_total{") {
 			s.failures += v
+		}
+		if strings.HasPrefix(k, "consul_sd_adapter_consul_request_duration_seconds_count{") {
+			s.requests += v
 		}
 	}
 	if _, ok := m["go_goroutines"]; !ok {
@@ -151,7 +155,12 @@ func run(o options) int {
 		log.Print(err)
 		return 1
 	}
-	bin, err := buildAdapter(ctx, dir)
+	root, err := adapterproc.ModuleRoot()
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	bin, err := adapterproc.Build(ctx, root, dir)
 	if err != nil {
 		log.Print(err)
 		return 1
@@ -163,13 +172,14 @@ func run(o options) int {
 		return 1
 	}
 	clear(ch.ops) // count the churn only
-	d, err := startDaemon(bin, agent.Addr, dir, "--refresh.interval=5s", "--log.level=info")
+	d, err := adapterproc.Start(bin, agent.Addr, filepath.Join(dir, "custom_sd.json"), filepath.Join(dir, "adapter.log"),
+		"--refresh.interval=5s", "--log.level=info")
 	if err != nil {
 		log.Print(err)
 		return 1
 	}
-	defer d.stop()
-	if err := d.waitReady(time.Minute); err != nil {
+	defer d.Stop()
+	if err := d.WaitReady(ctx, time.Minute); err != nil {
 		log.Print(err)
 		return 1
 	}
@@ -208,12 +218,12 @@ func run(o options) int {
 	}
 	printTable(start, samples, end, ch)
 	problems = append(problems, check(o, start, samples, end)...)
-	if code := d.stop(); code != 0 {
+	if code := d.Stop(); code != 0 {
 		problems = append(problems, fmt.Sprintf("the adapter exited %d on SIGTERM, want 0", code))
 	}
 
 	if len(problems) > 0 {
-		log.Printf("adapter log tail:\n%s", tail(d.log, 2<<10))
+		log.Printf("adapter log tail:\n%s", d.LogTail())
 		log.Printf("FAIL:\n  - %s", strings.Join(problems, "\n  - "))
 		return 1
 	}
@@ -223,7 +233,7 @@ func run(o options) int {
 }
 
 // churnAndSample churns for o.duration, sampling every o.sampleEvery.
-func churnAndSample(ctx context.Context, o options, ch *churner, d *daemon) ([]sample, error) {
+func churnAndSample(ctx context.Context, o options, ch *churner, d *adapterproc.Adapter) ([]sample, error) {
 	cctx, cancel := context.WithTimeout(ctx, o.duration)
 	defer cancel()
 	churnDone := make(chan error, 1)
@@ -252,14 +262,14 @@ func churnAndSample(ctx context.Context, o options, ch *churner, d *daemon) ([]s
 }
 
 // settle waits until the file equals Consul's catalog.
-func settle(ctx context.Context, d *daemon, a *consultest.Agent) error {
+func settle(ctx context.Context, d *adapterproc.Adapter, a *consultest.Agent) error {
 	deadline := time.Now().Add(settleTimeout)
 	for {
 		want, err := consulView(a.Client)
 		if err != nil {
 			return fmt.Errorf("reading the catalog: %w", err)
 		}
-		got, ferr := fileView(d.out)
+		got, ferr := fileView(d.Out)
 		if ferr == nil && maps.Equal(got, want) {
 			return nil
 		}
@@ -319,7 +329,7 @@ func baseline(start sample, samples []sample) float64 {
 
 // quietGoroutines is the least go_goroutines of a few readings over a
 // second: a leak stays, a round in flight does not.
-func quietGoroutines(d *daemon) (float64, error) {
+func quietGoroutines(d *adapterproc.Adapter) (float64, error) {
 	least := -1.0
 	for i := range 5 {
 		if i > 0 {

@@ -1,0 +1,6 @@
+// Package adapterproc runs the real adapter binary as a child process, for
+// the benchmark and the soak: it builds the binary from the module root,
+// starts it with its web server on a free loopback port and its log in a
+// file, waits until it is ready, reads its /metrics and stops it as a
+// service manager would.
+package adapterproc
