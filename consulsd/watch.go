@@ -92,10 +92,10 @@ func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) (stop func(
 	return stop
 }
 
-// watchIndex follows Consul's rules for blocking queries: the index starts
-// at (and never goes below) 1, is reset when it goes backwards (a restored
-// snapshot, another server), and the client waits longer than the server
-// may hold the request (wait plus up to wait/16 of jitter).
+// watchIndex follows Consul's rules for blocking queries: the index never
+// goes below 1, is reset when it goes backwards (a restored snapshot,
+// another server) or after an error, and the client waits longer than the
+// server may hold the request (wait plus up to wait/16 of jitter).
 func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- struct{}) {
 	var index uint64
 	failures := 0
@@ -128,15 +128,15 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 			signal(wake) // back after an outage: what changed meanwhile is unknown
 		}
 		failures = 0
-		next := meta.LastIndex
-		switch {
-		case next < index:
-			next = 0 // went backwards: start over, and refresh to be safe
-			signal(wake)
-		case next != index && index != 0:
+		// An index below 1 would make the next query return at once.
+		next := max(meta.LastIndex, 1)
+		if index != 0 && next != index {
+			// Moved on, or went backwards (a restored snapshot, another
+			// server): either way refresh, and follow the server's index
+			// from here on rather than wait for it to pass the old one.
 			signal(wake)
 		}
-		index = max(next, 1)
+		index = next
 	}
 }
 
