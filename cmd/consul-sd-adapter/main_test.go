@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
@@ -29,20 +30,7 @@ const hangGuard = 30 * time.Second
 var binary string
 
 // TestMain builds the real binary once: these tests run it as a user would.
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "consul-sd-adapter-test")
-	if err != nil {
-		panic(err)
-	}
-	binary = filepath.Join(dir, programName)
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building %s: %v\n%s", programName, err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(adapterproc.RunTests(m, &binary)) }
 
 type result struct {
 	code   int

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -44,6 +45,28 @@ func Build(ctx context.Context, root, dir string) (string, error) {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// RunTests is a TestMain for tests that run the real binary: it builds it
+// into a temporary directory, stores its path in bin, runs the tests and
+// removes the directory. It returns the exit code for os.Exit.
+func RunTests(m *testing.M, bin *string) int {
+	root, err := ModuleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "consul-sd-adapter-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bin, err = Build(context.Background(), root, dir); err != nil {
+		fmt.Fprintln(os.Stderr, "building the adapter:", err)
+		return 1
+	}
+	return m.Run()
 }
 
 // Command is bin with args, in an environment without the machine's own

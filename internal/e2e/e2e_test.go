@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
@@ -31,22 +32,7 @@ const hangGuard = 60 * time.Second
 var adapterBin string
 
 // TestMain builds the real binary once: the tests run it as a user would.
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "consul-sd-adapter-e2e")
-	if err != nil {
-		panic(err)
-	}
-	adapterBin = filepath.Join(dir, "consul-sd-adapter")
-	build := exec.Command("go", "build", "-o", adapterBin, "github.com/consul-sd-adapter/consul-sd-adapter/cmd/consul-sd-adapter")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the adapter: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(adapterproc.RunTests(m, &adapterBin)) }
 
 // TestPrometheusDiscoversConsul follows every instance from Consul through
 // the adapter's file into Prometheus's targets, then a deregistration and a
