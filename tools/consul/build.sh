@@ -11,9 +11,7 @@ if [ ! -x "$bin" ]; then
   mkdir -p "$cache"
   echo "building consul $version into $bin (first time only: ~10 min, ~2.5 GB of modules)" >&2
   start=$(date +%s)
-  echo "  downloading modules..." >&2
-  (cd "$here" && GOFLAGS=-mod=mod go mod download)
-  echo "  compiling (the longest part)..." >&2
+  echo "  downloading the modules it needs, then compiling..." >&2
   (cd "$here" && GOFLAGS=-mod=mod go build -o "$bin.tmp" github.com/hashicorp/consul)
   mv "$bin.tmp" "$bin"
   echo "  built in $(( $(date +%s) - start ))s" >&2
