@@ -42,7 +42,7 @@ type result struct {
 func runBinary(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(cleanEnv(), env...)
+	cmd.Env = append(consultest.Env(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -53,17 +53,6 @@ func runBinary(t *testing.T, env []string, args ...string) result {
 		t.Fatal(err)
 	}
 	return result{code, stdout.String(), stderr.String()}
-}
-
-// cleanEnv drops CONSUL_* variables of the machine running the tests.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // readTargets decodes a file_sd file as Prometheus does and returns its
@@ -214,7 +203,7 @@ func launchDaemon(t *testing.T, bin string, env []string, attr *syscall.SysProcA
 	t.Helper()
 	web := freeAddr(t)
 	cmd := exec.Command(bin, append(args, "--web.listen-address="+web, "--log.level=debug")...)
-	cmd.Env = append(cleanEnv(), env...)
+	cmd.Env = append(consultest.Env(), env...)
 	cmd.SysProcAttr = attr
 	d := &daemon{cmd: cmd, web: web, stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = &syncWriter{w: d.stderr}

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
@@ -261,14 +261,7 @@ func TestTLSToConsul(t *testing.T) {
 
 func TestWebBasicAuth(t *testing.T) {
 	const user, password = "prometheus", "correct horse battery staple"
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	webConfig := filepath.Join(t.TempDir(), "web.yml")
-	if err := os.WriteFile(webConfig, []byte("basic_auth_users:\n  "+user+": "+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	webConfig := adapterproc.BasicAuthWebConfig(t, user, password)
 	agent := consultest.Start(t)
 	out := filepath.Join(t.TempDir(), "custom_sd.json")
 	d := startDaemon(t, nil, "--listen.address="+agent.Addr, "--output.file="+out, "--web.config.file="+webConfig)

@@ -16,23 +16,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 // StopTimeout is how long Stop waits after SIGTERM before SIGKILL.
 const StopTimeout = 5 * time.Second
-
-// ModuleRoot is the directory of the main module's go.mod.
-func ModuleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside the module: run from the repository")
-	}
-	return filepath.Dir(gomod), nil
-}
 
 // Build builds ./cmd/consul-sd-adapter of the module in root into dir as
 // `make build` does, and returns the binary's path.
@@ -51,7 +43,7 @@ func Build(ctx context.Context, root, dir string) (string, error) {
 // into a temporary directory, stores its path in bin, runs the tests and
 // removes the directory. It returns the exit code for os.Exit.
 func RunTests(m *testing.M, bin *string) int {
-	root, err := ModuleRoot()
+	root, err := repo.Root()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -73,7 +65,7 @@ func RunTests(m *testing.M, bin *string) int {
 // Consul settings (CONSUL_*), killed if this process dies.
 func Command(ctx context.Context, bin string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = envWithout("CONSUL_")
+	cmd.Env = consultest.Env()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -220,17 +212,6 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// envWithout is the environment without the variables starting with prefix.
-func envWithout(prefix string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, prefix) {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // tail returns up to the last n bytes of a file, from its first whole line
 // if it had to cut.
 func tail(path string, n int64) string {
@@ -249,4 +230,20 @@ func tail(path string, n int64) string {
 		s = s[i+1:]
 	}
 	return s
+}
+
+// BasicAuthWebConfig writes a --web.config.file (exporter-toolkit format)
+// that lets user in with password, and returns its path.
+func BasicAuthWebConfig(t testing.TB, user, password string) string {
+	t.Helper()
+	// The lowest cost: the hash guards nothing real, and tests stay fast.
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "web.yml")
+	if err := os.WriteFile(path, []byte("basic_auth_users:\n  "+user+": "+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

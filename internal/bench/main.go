@@ -22,8 +22,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 func main() {
@@ -63,7 +63,7 @@ func run(args []string) int {
 		return *only == "" || slices.Contains(strings.Split(*only, ","), name)
 	}
 
-	root, err := adapterproc.ModuleRoot()
+	root, err := repo.Root()
 	if err != nil {
 		log.Print(err)
 		return 1

@@ -232,7 +232,7 @@ func (a *Agent) launch() (int64, error) {
 	cmd := exec.Command(a.bin, args...)
 	cmd.Stdout = f
 	cmd.Stderr = f
-	cmd.Env = childEnv()
+	cmd.Env = Env()
 	setSysProcAttr(cmd)
 	if err := cmd.Start(); err != nil {
 		return offset, fmt.Errorf("exec %s: %w", a.bin, err)
@@ -255,9 +255,10 @@ func (a *Agent) launched() bool {
 	return a.proc != nil
 }
 
-// childEnv is the test's environment without CONSUL_* variables, so that a
-// developer's own Consul settings cannot leak into the agent under test.
-func childEnv() []string {
+// Env is this process's environment without CONSUL_* variables, for child
+// processes (the agent, the adapter) that a developer's own Consul settings
+// must not reach.
+func Env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "CONSUL_") {

@@ -3,15 +3,16 @@ package consultest
 import (
 	"bufio"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 // TestVersionMatchesToolsModule keeps Version equal to the Consul version
 // tools/consul/build.sh builds, so Binary looks where the build puts it.
 func TestVersionMatchesToolsModule(t *testing.T) {
-	path := findUp(t, filepath.Join("tools", "consul", "go.mod"))
+	path := repo.Path(t.Fatal, "tools", "consul", "go.mod")
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -32,26 +33,5 @@ func TestVersionMatchesToolsModule(t *testing.T) {
 	}
 	if got != Version {
 		t.Errorf("%s requires github.com/hashicorp/consul %q, consultest.Version is %q", path, got, Version)
-	}
-}
-
-// findUp returns the first existing rel below the working directory or one
-// of its parents.
-func findUp(t *testing.T, rel string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		p := filepath.Join(dir, rel)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatalf("%s not found above the working directory", rel)
-		}
-		dir = parent
 	}
 }

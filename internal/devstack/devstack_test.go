@@ -22,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 const modulePath = "github.com/consul-sd-adapter/consul-sd-adapter"
@@ -160,17 +161,10 @@ func (c composeCommand) flag(name string) (string, bool) {
 	return "", false
 }
 
+// repoRoot is the repository's top directory.
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
-	if err != nil || !bytes.Contains(mod, []byte("module "+modulePath+"\n")) {
-		t.Fatalf("%s is not the repository root (go.mod: %v)", root, err)
-	}
-	return root
+	return repo.Path(t.Fatal)
 }
 
 func loadCompose(t *testing.T) composeFile {

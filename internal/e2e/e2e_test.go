@@ -20,6 +20,7 @@ import (
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 // hangGuard bounds every wait. It is no timing assertion, only a limit on
@@ -500,21 +501,8 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// repoRoot walks up from the working directory to the go.mod.
+// repoRoot is the repository's top directory.
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return repo.Path(t.Fatal)
 }

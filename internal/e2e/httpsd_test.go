@@ -17,8 +17,8 @@ import (
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"go.yaml.in/yaml/v3"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 )
 
@@ -106,14 +106,7 @@ func TestHTTPSDEmptyCatalog(t *testing.T) {
 // basic_auth in its http_sd config still gets every target.
 func TestHTTPSDBasicAuth(t *testing.T) {
 	const user, password = "prometheus", "s3cret-for-http-sd"
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	webConfig := filepath.Join(t.TempDir(), "web.yml")
-	if err := os.WriteFile(webConfig, []byte("basic_auth_users:\n  "+user+": "+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	webConfig := adapterproc.BasicAuthWebConfig(t, user, password)
 
 	agent := consultest.Start(t)
 	insts := fixture(t, agent)

@@ -36,6 +36,7 @@ import (
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/repo"
 )
 
 // settleTimeout bounds the wait for the file to reflect the final catalog.
@@ -155,7 +156,7 @@ func run(o options) int {
 		log.Print(err)
 		return 1
 	}
-	root, err := adapterproc.ModuleRoot()
+	root, err := repo.Root()
 	if err != nil {
 		log.Print(err)
 		return 1
