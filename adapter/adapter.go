@@ -4,7 +4,6 @@
 package adapter
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,8 +51,9 @@ type Adapter struct {
 	metrics *metrics
 	mlogger *slog.Logger
 
-	// written is what the file holds now, so unchanged snapshots cost no I/O.
-	written   []byte
+	// written identifies what the file holds now, so that an unchanged
+	// snapshot is not written again.
+	written   Digest
 	writtenAt time.Time
 	ready     atomic.Bool
 	// current is the last snapshot written, for http_sd and the status page.
@@ -61,10 +61,12 @@ type Adapter struct {
 }
 
 // Snapshot is the state of the output as of the last successful update.
+// It keeps the groups, not their rendering: at 100,000 targets a rendered
+// copy would take as much memory again as the groups, which the discovery
+// Manager holds anyway. http_sd and the status page render on request.
 type Snapshot struct {
-	Entries []Entry
-	// JSON is Entries in file_sd JSON, which is also what http_sd serves.
-	JSON []byte
+	// Groups are in file order (SortGroups).
+	Groups []*targetgroup.Group
 	// Updated is when the snapshot was taken; Written when the file last changed.
 	Updated, Written time.Time
 }
@@ -87,8 +89,8 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 		return nil, fmt.Errorf("removing temporary files of an earlier run: %w", err)
 	}
 	a := &Adapter{path: cfg.OutputFile, format: format, mode: cfg.FileMode, logger: logger, reg: reg, metrics: m, mlogger: cfg.ManagerLogger}
-	if b, err := os.ReadFile(cfg.OutputFile); err == nil {
-		a.written = b
+	if d, err := FileDigest(cfg.OutputFile); err == nil {
+		a.written = d
 		if st, err := os.Stat(cfg.OutputFile); err == nil {
 			a.writtenAt = st.ModTime()
 		}
@@ -144,31 +146,35 @@ func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
 	}
 }
 
-// Update writes groups to the output file if the content changed.
+// Update writes groups to the output file if the content changed. It
+// renders straight into the next file: when that turns out to be what the
+// file already holds, the temporary file is dropped unsynced.
 func (a *Adapter) Update(groups []*targetgroup.Group) error {
-	entries := Entries(groups)
-	data, err := Render(entries, a.format)
-	if err != nil {
-		return err
-	}
-	jsonData := data
-	if a.format != JSON {
-		if jsonData, err = Render(entries, JSON); err != nil {
-			return err
+	groups = SortGroups(groups)
+	f, err := CreateAtomic(a.path, a.mode)
+	if err == nil {
+		if err = Write(f, groups, a.format); err != nil {
+			f.Abort()
 		}
 	}
+	if err != nil {
+		a.metrics.writeFailures.Inc()
+		return err
+	}
 	now := time.Now()
-	snap := &Snapshot{Entries: entries, JSON: jsonData, Updated: now, Written: a.writtenAt}
-	if !bytes.Equal(data, a.written) {
-		if err := WriteFileAtomic(a.path, data, a.mode); err != nil {
+	snap := &Snapshot{Groups: groups, Updated: now, Written: a.writtenAt}
+	if d := f.Digest(); d == a.written {
+		f.Abort()
+	} else {
+		if err := f.Commit(); err != nil {
 			a.metrics.writeFailures.Inc()
 			return err
 		}
-		a.written, a.writtenAt = data, now
+		a.written, a.writtenAt = d, now
 		snap.Written = now
 		a.metrics.writes.Inc()
 		a.metrics.lastWrite.SetToCurrentTime()
-		level.Info(a.logger).Log("msg", "Wrote targets", "file", a.path, "bytes", len(data))
+		level.Info(a.logger).Log("msg", "Wrote targets", "file", a.path, "bytes", d.Size)
 	}
 	a.current.Store(snap)
 	a.ready.Store(true)

@@ -1,49 +1,144 @@
 package adapter
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"io"
 	"os"
 	"path/filepath"
 )
 
-// WriteFileAtomic replaces path with data so that a reader sees either the
-// old file or the new one, whole, also across a crash or power loss: it writes
-// a temporary file in the same directory, syncs it, renames it over path and
-// syncs the directory. The temporary name starts with a dot and ends in
-// ".tmp", so no file_sd glob such as *.json or *.yml picks it up half-written.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
+// AtomicFile is the next content of a file, written to a temporary file in
+// the same directory that replaces the file on Commit, so that a reader sees
+// either the old file or the new one, whole, also across a crash or power
+// loss. The temporary name starts with a dot and ends in ".tmp", so no
+// file_sd glob such as *.json or *.yml picks it up half-written.
+//
+// Writes are buffered and digested on the way, so the caller can compare
+// the new content with the old before deciding to Commit or Abort.
+type AtomicFile struct {
+	path string
+	mode os.FileMode
+	tmp  *os.File
+	buf  *bufio.Writer
+	sum  digester
+}
+
+// CreateAtomic starts the next content of path, to have mode once committed.
+func CreateAtomic(path string, mode os.FileMode) (*AtomicFile, error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
 	tmp, err := os.CreateTemp(dir, tempPattern(base))
 	if err != nil {
-		return err
+		return nil, err
 	}
+	f := &AtomicFile{path: path, mode: mode, tmp: tmp}
+	f.buf = bufio.NewWriterSize(tmp, 256<<10)
+	f.sum.init()
+	return f, nil
+}
+
+// Write adds p to the content.
+func (f *AtomicFile) Write(p []byte) (int, error) {
+	f.sum.Write(p)
+	return f.buf.Write(p)
+}
+
+// Digest identifies the content written so far.
+func (f *AtomicFile) Digest() Digest { return f.sum.digest() }
+
+// Abort removes the temporary file and leaves path as it was.
+func (f *AtomicFile) Abort() {
+	f.tmp.Close()
+	os.Remove(f.tmp.Name())
+}
+
+// Commit makes the content durable and puts it in place of path: flush,
+// fsync, rename, fsync of the directory. On failure path is left as it was.
+func (f *AtomicFile) Commit() (err error) {
 	defer func() {
 		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+			f.Abort()
 		}
 	}()
-	if _, err = tmp.Write(data); err != nil {
+	if err = f.buf.Flush(); err != nil {
 		return err
 	}
 	// CreateTemp makes 0600 files; the umask must not decide who can read.
-	if err = tmp.Chmod(mode); err != nil {
+	if err = f.tmp.Chmod(f.mode); err != nil {
 		return err
 	}
-	if err = tmp.Sync(); err != nil {
+	if err = f.tmp.Sync(); err != nil {
 		return err
 	}
-	if err = tmp.Close(); err != nil {
+	if err = f.tmp.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
+	if err = os.Rename(f.tmp.Name(), f.path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return syncDir(filepath.Dir(f.path))
+}
+
+// WriteFileAtomic replaces path with data, as AtomicFile does.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := CreateAtomic(path, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Abort()
+		return err
+	}
+	return f.Commit()
+}
+
+// Digest identifies a file's content: its size and a 64-bit hash with a
+// per-process seed, enough to tell whether a rendering equals what the file
+// holds without keeping the file in memory.
+type Digest struct {
+	Size int64
+	Hash uint64
+}
+
+type digester struct {
+	h    maphash.Hash
+	size int64
+}
+
+func (d *digester) init() { d.h.SetSeed(hashSeed) }
+
+func (d *digester) Write(p []byte) {
+	d.h.Write(p)
+	d.size += int64(len(p))
+}
+
+func (d *digester) digest() Digest { return Digest{Size: d.size, Hash: d.h.Sum64()} }
+
+// FileDigest returns the digest of the file at path.
+func FileDigest(path string) (Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Digest{}, err
+	}
+	defer f.Close()
+	var d digester
+	d.init()
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := f.Read(buf)
+		d.Write(buf[:n])
+		if err == io.EOF {
+			return d.digest(), nil
+		}
+		if err != nil {
+			return Digest{}, err
+		}
+	}
 }
 
 // syncDir makes a rename in dir durable.

@@ -1,8 +1,11 @@
 package adapter
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -44,95 +47,281 @@ func (e *Entry) LabelSet() model.LabelSet {
 	return ls
 }
 
-// Entries converts target groups to file_sd entries. file_sd carries labels
-// per entry only, so each target's own labels (merged over its group's)
-// decide its entry: targets with equal label sets share one, all others get
-// their own. Labels with empty values are left out: Prometheus treats an
-// empty label as absent. The result is sorted, so the same groups always
-// give the same entries.
+// SortGroups returns groups in file order, by source, without nils. The
+// groups themselves are shared, not copied: like the discovery Manager, the
+// adapter relies on a Discoverer never changing a group it has sent.
+func SortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
+	sorted := make([]*targetgroup.Group, 0, len(groups))
+	for _, g := range groups {
+		if g != nil {
+			sorted = append(sorted, g)
+		}
+	}
+	slices.SortStableFunc(sorted, func(a, b *targetgroup.Group) int { return strings.Compare(a.Source, b.Source) })
+	return sorted
+}
+
+// Entries returns the entries of groups, in the order Write writes them.
+// The adapter itself never holds them all: at 100,000 targets they take
+// more memory than the groups they come from.
 func Entries(groups []*targetgroup.Group) []Entry {
 	var entries []Entry
-	// Label sets are grouped by hash, checked for equality on a match: one
-	// small slice per target is all this allocates, which matters at
-	// 100,000 targets.
-	byHash := map[uint64][]int{}
-	for _, g := range groups {
-		if g == nil {
-			continue
-		}
-		for _, t := range g.Targets {
-			addr, ok := t[model.AddressLabel]
-			if !ok {
-				continue // no address: nothing to scrape
+	var c converter
+	for _, g := range SortGroups(groups) {
+		c.group(g, func(targets []string, labels []label) error {
+			e := Entry{Targets: slices.Clone(targets), Labels: make([]Label, len(labels))}
+			for i, l := range labels {
+				e.Labels[i] = Label{Name: c.names.list[l.id].name, Value: l.value}
 			}
-			labels := mergedLabels(g.Labels, t)
-			h := hashLabels(labels)
-			i := slices.IndexFunc(byHash[h], func(i int) bool { return compareLabels(entries[i].Labels, labels) == 0 })
-			if i < 0 {
-				byHash[h] = append(byHash[h], len(entries))
-				entries = append(entries, Entry{Labels: labels})
-				i = len(entries) - 1
-			} else {
-				i = byHash[h][i]
-			}
-			entries[i].Targets = append(entries[i].Targets, string(addr))
-		}
+			entries = append(entries, e)
+			return nil
+		})
 	}
-	for i := range entries {
-		slices.Sort(entries[i].Targets)
-		entries[i].Targets = slices.Compact(entries[i].Targets)
-	}
-	// Ordered by first target, so the file reads as a sorted list of
-	// addresses; the labels break ties between entries of one address.
-	slices.SortFunc(entries, func(a, b Entry) int {
-		if c := strings.Compare(a.Targets[0], b.Targets[0]); c != 0 {
-			return c
-		}
-		return compareLabels(a.Labels, b.Labels)
-	})
 	return entries
 }
 
-// hashSeed is fixed per process: hashes only group label sets in memory,
-// they never reach the output.
+// converter turns target groups into file_sd entries one group at a time,
+// reusing its buffers, so that writing a file of any size allocates about
+// as much as its largest group needs.
+//
+// file_sd carries labels per entry only, so each target's own labels
+// (merged over its group's) decide its entry: targets of one group with
+// equal label sets share one, all others get their own. Labels with empty
+// values are left out: Prometheus treats an empty label as absent.
+type converter struct {
+	names       nameTable
+	groupLabels []label // the group's, by name
+	own         []label // one target's, by name
+	arena       []label // the labels of the group's entries, back to back
+	entries     []pendingEntry
+	byHash      map[uint64]int // first entry of each label hash, in large groups
+}
+
+// label is a Label with its name interned in the converter's nameTable.
+type label struct {
+	id    int32 // the name's index in the table
+	rank  int32 // the name's place in sorted order, when the label was sorted
+	value string
+}
+
+// nameTable interns the label names of one conversion. A catalog has few
+// distinct names, repeated on every target: sorting by a precomputed rank
+// and copying a pre-encoded name is much cheaper than comparing and
+// escaping the strings again for each of 100,000 targets.
+type nameTable struct {
+	index map[model.LabelName]int32
+	list  []nameInfo
+	dirty bool // a name was added since ranks were computed
+	gen   int  // counts rank computations
+}
+
+type nameInfo struct {
+	name string
+	json []byte // `"name":`
+	rank int32
+}
+
+func (t *nameTable) id(n model.LabelName) int32 {
+	if i, ok := t.index[n]; ok {
+		return i
+	}
+	if t.index == nil {
+		t.index = map[model.LabelName]int32{}
+	}
+	i := int32(len(t.list))
+	t.index[n] = i
+	t.list = append(t.list, nameInfo{name: string(n), json: append(appendJSONString(nil, string(n)), ':')})
+	t.dirty = true
+	return i
+}
+
+// sort orders labels by name.
+func (t *nameTable) sort(labels []label) {
+	if t.dirty {
+		order := make([]int32, len(t.list))
+		for i := range order {
+			order[i] = int32(i)
+		}
+		slices.SortFunc(order, func(a, b int32) int { return strings.Compare(t.list[a].name, t.list[b].name) })
+		for rank, i := range order {
+			t.list[i].rank = int32(rank)
+		}
+		t.dirty = false
+		t.gen++
+	}
+	for i := range labels {
+		labels[i].rank = t.list[labels[i].id].rank
+	}
+	slices.SortFunc(labels, func(a, b label) int { return int(a.rank - b.rank) })
+}
+
+// pendingEntry is an entry of the current group: its labels are
+// arena[lo:hi] (offsets, because the arena may move as it grows).
+type pendingEntry struct {
+	lo, hi  int
+	targets []string
+	next    int // the next entry with the same label hash, or -1
+}
+
+// linearLimit is the group size up to which a target's labels are compared
+// with every entry before it; above it, hashing them is cheaper.
+const linearLimit = 16
+
+// group calls fn for each entry of g, ordered by first target. The slices
+// fn gets are only valid during the call.
+func (c *converter) group(g *targetgroup.Group, fn func(targets []string, labels []label) error) error {
+	c.groupLabels = c.appendSorted(c.groupLabels[:0], g.Labels)
+	groupGen := c.names.gen
+	c.arena, c.entries = c.arena[:0], c.entries[:0]
+	hashed := len(g.Targets) > linearLimit
+	if hashed {
+		if c.byHash == nil {
+			c.byHash = map[uint64]int{}
+		}
+		clear(c.byHash)
+	}
+	for _, t := range g.Targets {
+		addr := t[model.AddressLabel]
+		if addr == "" {
+			continue // no address: nothing to scrape
+		}
+		c.own = c.appendSorted(c.own[:0], t)
+		if c.names.gen != groupGen {
+			// A new name moved the ranks: the group's labels keep their
+			// order but need the new ones to merge with the target's.
+			for i := range c.groupLabels {
+				c.groupLabels[i].rank = c.names.list[c.groupLabels[i].id].rank
+			}
+			groupGen = c.names.gen
+		}
+		lo := len(c.arena)
+		c.arena = appendMerged(c.arena, c.own, c.groupLabels)
+		labels := c.arena[lo:]
+		same := func(i int) bool { return sameLabels(c.arena[c.entries[i].lo:c.entries[i].hi], labels) }
+		i, chain := -1, -1
+		if hashed {
+			h := hashLabels(labels)
+			first, ok := c.byHash[h]
+			if !ok {
+				first = -1
+			}
+			for i = first; i >= 0 && !same(i); i = c.entries[i].next {
+			}
+			if i < 0 {
+				c.byHash[h] = len(c.entries)
+				chain = first
+			}
+		} else {
+			for i = len(c.entries) - 1; i >= 0 && !same(i); i-- {
+			}
+		}
+		if i >= 0 { // an earlier target has these labels: share its entry
+			c.entries[i].targets = append(c.entries[i].targets, string(addr))
+			c.arena = c.arena[:lo]
+			continue
+		}
+		c.addEntry(lo, len(c.arena), string(addr), chain)
+	}
+	for i := range c.entries {
+		e := &c.entries[i]
+		if len(e.targets) > 1 {
+			slices.Sort(e.targets)
+			e.targets = slices.Compact(e.targets)
+		}
+	}
+	slices.SortFunc(c.entries, func(a, b pendingEntry) int {
+		if c := strings.Compare(a.targets[0], b.targets[0]); c != 0 {
+			return c
+		}
+		return c.compareLabels(c.arena[a.lo:a.hi], c.arena[b.lo:b.hi])
+	})
+	for _, e := range c.entries {
+		if err := fn(e.targets, c.arena[e.lo:e.hi]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addEntry starts an entry, reusing the targets slice of an earlier group's.
+func (c *converter) addEntry(lo, hi int, target string, next int) {
+	if n := len(c.entries); n < cap(c.entries) {
+		c.entries = c.entries[:n+1]
+		e := &c.entries[n]
+		e.lo, e.hi, e.next, e.targets = lo, hi, next, append(e.targets[:0], target)
+		return
+	}
+	c.entries = append(c.entries, pendingEntry{lo: lo, hi: hi, next: next, targets: []string{target}})
+}
+
+// appendSorted appends ls without the address, sorted by name. Empty values
+// stay: a target's empty label unsets its group's.
+func (c *converter) appendSorted(dst []label, ls model.LabelSet) []label {
+	n := len(dst)
+	for name, v := range ls {
+		if name != model.AddressLabel {
+			dst = append(dst, label{id: c.names.id(name), value: string(v)})
+		}
+	}
+	c.names.sort(dst[n:])
+	return dst
+}
+
+// appendMerged appends the union of two label lists sorted by name, in
+// order and without empty values; on a name in both, the target's label
+// wins.
+func appendMerged(dst, target, group []label) []label {
+	i, j := 0, 0
+	for i < len(target) || j < len(group) {
+		var l label
+		switch {
+		case j == len(group) || (i < len(target) && target[i].rank < group[j].rank):
+			l = target[i]
+			i++
+		case i == len(target) || group[j].rank < target[i].rank:
+			l = group[j]
+			j++
+		default: // the same name
+			l = target[i]
+			i++
+			j++
+		}
+		if l.value != "" {
+			dst = append(dst, l)
+		}
+	}
+	return dst
+}
+
+// hashSeed is fixed per process: hashes group label sets and compare file
+// contents in memory, they never reach the output.
 var hashSeed = maphash.MakeSeed()
 
-func hashLabels(labels []Label) uint64 {
+func hashLabels(labels []label) uint64 {
 	var h maphash.Hash
 	h.SetSeed(hashSeed)
+	var id [4]byte
 	for _, l := range labels {
-		h.WriteString(l.Name)
-		h.WriteByte(0xff) // valid in neither names nor UTF-8 values
-		h.WriteString(l.Value)
-		h.WriteByte(0xff)
+		binary.LittleEndian.PutUint32(id[:], uint32(l.id))
+		h.Write(id[:])
+		h.WriteString(l.value)
+		h.WriteByte(0xff) // valid in no UTF-8 value
 	}
 	return h.Sum64()
 }
 
-// mergedLabels returns the labels of group and target together (the
-// target's win), sorted, without the address and without empty values.
-func mergedLabels(group, target model.LabelSet) []Label {
-	labels := make([]Label, 0, len(group)+len(target))
-	for n, v := range target {
-		if n != model.AddressLabel && v != "" {
-			labels = append(labels, Label{string(n), string(v)})
-		}
-	}
-	for n, v := range group {
-		if _, overridden := target[n]; !overridden && n != model.AddressLabel && v != "" {
-			labels = append(labels, Label{string(n), string(v)})
-		}
-	}
-	slices.SortFunc(labels, func(a, b Label) int { return strings.Compare(a.Name, b.Name) })
-	return labels
+// sameLabels reports whether two label lists sorted by name are equal.
+func sameLabels(a, b []label) bool {
+	return slices.EqualFunc(a, b, func(x, y label) bool { return x.id == y.id && x.value == y.value })
 }
 
-func compareLabels(a, b []Label) int {
+// compareLabels orders two label lists sorted by name.
+func (c *converter) compareLabels(a, b []label) int {
 	for i := range min(len(a), len(b)) {
-		if c := strings.Compare(a[i].Name, b[i].Name); c != 0 {
-			return c
+		if a[i].id != b[i].id {
+			return strings.Compare(c.names.list[a[i].id].name, c.names.list[b[i].id].name)
 		}
-		if c := strings.Compare(a[i].Value, b[i].Value); c != 0 {
+		if c := strings.Compare(a[i].value, b[i].value); c != 0 {
 			return c
 		}
 	}
@@ -162,63 +351,78 @@ func FormatOf(path string) (Format, error) {
 	}
 }
 
-// Render encodes entries. An empty list is "[]", which file_sd reads as "no
-// targets"; an empty file would be a parse error.
-func Render(entries []Entry, f Format) ([]byte, error) {
-	if f == YAML {
-		if len(entries) == 0 {
-			return []byte("[]\n"), nil
+// Write writes groups to w as a file_sd file: groups by source, and within
+// a group its entries by first target, so the same groups always give the
+// same bytes. It streams: however many targets there are, it holds one
+// group's entries at a time. An empty list is "[]", which file_sd reads as
+// "no targets"; an empty file would be a parse error.
+func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
+	var c converter
+	var buf []byte
+	n := 0
+	writeEntry := func(targets []string, labels []label) error {
+		buf = buf[:0]
+		if f == YAML {
+			b, err := yaml.Marshal([]yamlEntry{c.yamlEntry(targets, labels)})
+			if err != nil {
+				return err
+			}
+			buf = append(buf, b...)
+		} else {
+			if n == 0 {
+				buf = append(buf, "[\n"...)
+			} else {
+				buf = append(buf, ",\n"...)
+			}
+			buf = c.appendJSONEntry(buf, targets, labels)
 		}
-		return yaml.Marshal(yamlEntries(entries))
+		n++
+		_, err := w.Write(buf)
+		return err
 	}
-	return renderJSON(entries), nil
+	for _, g := range SortGroups(groups) {
+		if err := c.group(g, writeEntry); err != nil {
+			return err
+		}
+	}
+	end := "\n]\n"
+	if n == 0 {
+		end = "[]\n"
+	} else if f == YAML {
+		end = ""
+	}
+	_, err := io.WriteString(w, end)
+	return err
 }
 
-// renderJSON writes one entry per line: a file of 100,000 targets stays
-// fast to write and easy to grep and diff. It is written by hand because
-// encoding/json sorts every label map again through reflection, which made
-// rendering large catalogs several times slower than everything else.
-func renderJSON(entries []Entry) []byte {
-	if len(entries) == 0 {
-		return []byte("[]\n")
-	}
-	size := 4
-	for i := range entries {
-		size += 32
-		for _, t := range entries[i].Targets {
-			size += len(t) + 3
-		}
-		for _, l := range entries[i].Labels {
-			size += len(l.Name) + len(l.Value) + 6
-		}
-	}
-	b := make([]byte, 0, size)
-	b = append(b, "[\n"...)
-	for i := range entries {
-		e := &entries[i]
-		b = append(b, `{"targets":[`...)
-		for j, t := range e.Targets {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, t)
-		}
-		b = append(b, `],"labels":{`...)
-		for j, l := range e.Labels {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, l.Name)
-			b = append(b, ':')
-			b = appendJSONString(b, l.Value)
-		}
-		b = append(b, "}}"...)
-		if i < len(entries)-1 {
+// Render is Write to memory, for tests and small outputs.
+func Render(groups []*targetgroup.Group, f Format) ([]byte, error) {
+	var b bytes.Buffer
+	err := Write(&b, groups, f)
+	return b.Bytes(), err
+}
+
+// appendJSONEntry appends one entry as a line of JSON. It is written by
+// hand because encoding/json sorts every label map again through
+// reflection, which made writing large catalogs several times slower than
+// everything else.
+func (c *converter) appendJSONEntry(b []byte, targets []string, labels []label) []byte {
+	b = append(b, `{"targets":[`...)
+	for j, t := range targets {
+		if j > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, '\n')
+		b = appendJSONString(b, t)
 	}
-	return append(b, "]\n"...)
+	b = append(b, `],"labels":{`...)
+	for j, l := range labels {
+		if j > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, c.names.list[l.id].json...)
+		b = appendJSONString(b, l.value)
+	}
+	return append(b, "}}"...)
 }
 
 // appendJSONString appends s as a JSON string, escaped as encoding/json
@@ -282,14 +486,10 @@ type yamlEntry struct {
 	Labels  yaml.MapSlice `yaml:"labels"`
 }
 
-func yamlEntries(entries []Entry) []yamlEntry {
-	out := make([]yamlEntry, len(entries))
-	for i, e := range entries {
-		labels := make(yaml.MapSlice, len(e.Labels))
-		for j, l := range e.Labels {
-			labels[j] = yaml.MapItem{Key: l.Name, Value: l.Value}
-		}
-		out[i] = yamlEntry{Targets: e.Targets, Labels: labels}
+func (c *converter) yamlEntry(targets []string, labels []label) yamlEntry {
+	ms := make(yaml.MapSlice, len(labels))
+	for j, l := range labels {
+		ms[j] = yaml.MapItem{Key: c.names.list[l.id].name, Value: l.value}
 	}
-	return out
+	return yamlEntry{Targets: targets, Labels: ms}
 }

@@ -3,8 +3,10 @@ package adapter
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,10 +47,11 @@ func TestEntriesKeepPerTargetLabels(t *testing.T) {
 		Targets []string
 		Labels  model.LabelSet
 	}{
-		{Targets: []string{"10.0.0.1:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n1", "__meta_consul_metadata_rack": "r1"}},
-		{Targets: []string{"10.0.0.2:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n2", "__meta_consul_metadata_rack": "r2"}},
+		// Groups by source, entries of a group by first target.
 		{Targets: []string{"10.0.0.3:5432", "10.0.0.4:5432"}, Labels: model.LabelSet{"__meta_consul_service": "db", "env": "prod"}},
 		{Targets: []string{"10.0.0.5:5432"}, Labels: model.LabelSet{"__meta_consul_service": "db", "env": "staging"}},
+		{Targets: []string{"10.0.0.1:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n1", "__meta_consul_metadata_rack": "r1"}},
+		{Targets: []string{"10.0.0.2:80"}, Labels: model.LabelSet{"__meta_consul_service": "web", "__meta_consul_node": "n2", "__meta_consul_metadata_rack": "r2"}},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("Entries: %d entries, want %d: %+v", len(got), len(want), got)
@@ -57,6 +60,69 @@ func TestEntriesKeepPerTargetLabels(t *testing.T) {
 		if !reflect.DeepEqual(got[i].Targets, want[i].Targets) || !reflect.DeepEqual(got[i].LabelSet(), want[i].Labels) {
 			t.Errorf("entry %d:\n got %v %v\nwant %v %v", i, got[i].Targets, got[i].LabelSet(), want[i].Targets, want[i].Labels)
 		}
+	}
+}
+
+// TestEntriesMatchNaiveConversion checks the converter's shortcuts (interned
+// names whose ranks move as new names turn up, merging by hash in large
+// groups) against the plain definition: each target's labels merged over
+// its group's, sorted, targets with equal labels in a group sharing an entry.
+func TestEntriesMatchNaiveConversion(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	names := []model.LabelName{"a", "zz", "m", "__meta_x", "b_1", "env", "team", "ñame"}
+	var groups []*targetgroup.Group
+	for g := range 40 {
+		// Small groups are compared one by one, large ones by hash.
+		grp := &targetgroup.Group{Source: fmt.Sprintf("g%02d", g), Labels: model.LabelSet{}}
+		for _, n := range names[:r.IntN(len(names))] {
+			grp.Labels[n] = model.LabelValue(fmt.Sprint(r.IntN(2)))
+		}
+		for range r.IntN(40) {
+			tl := model.LabelSet{model.AddressLabel: model.LabelValue(fmt.Sprintf("h%d:80", r.IntN(30)))}
+			for range r.IntN(4) {
+				// New names turn up mid-group, some sorting first.
+				n := names[r.IntN(len(names))]
+				if r.IntN(4) == 0 {
+					n = model.LabelName(fmt.Sprintf("%c_new", 'a'+r.IntN(26)))
+				}
+				tl[n] = model.LabelValue([]string{"", "x", "y"}[r.IntN(3)])
+			}
+			grp.Targets = append(grp.Targets, tl)
+		}
+		groups = append(groups, grp)
+	}
+
+	// Entries as "labels targets" lines: a multiset, since two groups may
+	// have entries with equal labels.
+	var want []string
+	for _, g := range groups {
+		byLabels := map[string][]string{}
+		for _, tl := range g.Targets {
+			merged := g.Labels.Merge(tl)
+			for n, v := range merged {
+				if v == "" || n == model.AddressLabel {
+					delete(merged, n)
+				}
+			}
+			k := merged.String()
+			byLabels[k] = append(byLabels[k], string(tl[model.AddressLabel]))
+		}
+		for k, targets := range byLabels {
+			slices.Sort(targets)
+			want = append(want, fmt.Sprint(k, slices.Compact(targets)))
+		}
+	}
+	var got []string
+	for i, e := range Entries(groups) {
+		if !slices.IsSortedFunc(e.Labels, func(a, b Label) int { return strings.Compare(a.Name, b.Name) }) {
+			t.Errorf("entry %d: labels not sorted: %v", i, e.Labels)
+		}
+		got = append(got, fmt.Sprint(e.LabelSet().String(), e.Targets))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("entries differ from the naive conversion:\n got %q\nwant %q", got, want)
 	}
 }
 
@@ -94,7 +160,7 @@ func TestJSONStringsMatchEncodingJSON(t *testing.T) {
 }
 
 func TestRenderIsDeterministic(t *testing.T) {
-	first, err := Render(Entries(sampleGroups()), JSON)
+	first, err := Render(sampleGroups(), JSON)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +172,7 @@ func TestRenderIsDeterministic(t *testing.T) {
 				rand.Shuffle(len(g.Targets), func(a, b int) { g.Targets[a], g.Targets[b] = g.Targets[b], g.Targets[a] })
 			}
 		}
-		got, err := Render(Entries(groups), JSON)
+		got, err := Render(groups, JSON)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,7 +184,7 @@ func TestRenderIsDeterministic(t *testing.T) {
 
 func TestRenderEmpty(t *testing.T) {
 	for _, f := range []Format{JSON, YAML} {
-		got, err := Render(Entries(nil), f)
+		got, err := Render(nil, f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +199,7 @@ func TestRenderEmpty(t *testing.T) {
 func TestRenderLoadsInFileSD(t *testing.T) {
 	entries := Entries(sampleGroups())
 	for _, f := range []Format{JSON, YAML} {
-		data, err := Render(entries, f)
+		data, err := Render(sampleGroups(), f)
 		if err != nil {
 			t.Fatal(err)
 		}

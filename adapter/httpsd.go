@@ -1,8 +1,8 @@
 package adapter
 
 import (
+	"bufio"
 	"net/http"
-	"strconv"
 )
 
 // HTTPSDHandler serves the targets for Prometheus's http_sd_configs: the
@@ -17,9 +17,14 @@ func (a *Adapter) HTTPSDHandler() http.Handler {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
-		w.Header().Set("Content-Length", strconv.Itoa(len(snap.JSON)))
-		if r.Method != http.MethodHead {
-			w.Write(snap.JSON)
+		if r.Method == http.MethodHead {
+			return
+		}
+		// Rendered per request rather than kept: Prometheus asks once a
+		// minute by default, and a copy would double the adapter's memory.
+		bw := bufio.NewWriterSize(w, 64<<10)
+		if Write(bw, snap.Groups, JSON) == nil {
+			bw.Flush()
 		}
 	})
 }

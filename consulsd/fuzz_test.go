@@ -111,17 +111,17 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 	for _, g := range groups {
 		for _, tl := range g.Targets {
 			instances++
-			want[canonical(tl)] = tl
+			full := g.Labels.Merge(tl)
+			want[canonical(full)] = full
 		}
 	}
 	if len(want) != instances {
 		t.Fatalf("fuzz harness: %d instances but %d distinct label sets", instances, len(want))
 	}
 
-	entries := adapter.Entries(groups)
 	for _, format := range []adapter.Format{adapter.JSON, adapter.YAML} {
 		name := map[adapter.Format]string{adapter.JSON: "JSON", adapter.YAML: "YAML"}[format]
-		data, err := adapter.Render(entries, format)
+		data, err := adapter.Render(groups, format)
 		if err != nil {
 			t.Fatalf("%s: Render: %v", name, err)
 		}
@@ -154,7 +154,7 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 		// Deterministic: building the groups again from the same Consul
 		// state gives the same bytes, also when meta keys collide once
 		// sanitised and whatever the label names look like.
-		again, err := adapter.Render(adapter.Entries(build()), format)
+		again, err := adapter.Render(build(), format)
 		if err != nil {
 			t.Fatalf("%s: Render: %v", name, err)
 		}
@@ -355,7 +355,7 @@ func TestYAMLLabelOrder(t *testing.T) {
 			Service: &api.AgentService{ID: "web", Service: "web", Port: 80},
 		}
 		d := &Discovery{cfg: Config{TagSeparator: ","}}
-		data, err := adapter.Render(adapter.Entries([]*targetgroup.Group{d.group("web", []*api.ServiceEntry{e})}), adapter.YAML)
+		data, err := adapter.Render([]*targetgroup.Group{d.group("web", []*api.ServiceEntry{e})}, adapter.YAML)
 		if err != nil {
 			t.Fatal(err)
 		}

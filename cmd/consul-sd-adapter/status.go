@@ -60,7 +60,7 @@ func statusHandler(d *consulsd.Discovery, a *adapter.Adapter, outputFile string)
 		}
 		if snap := a.Current(); snap != nil {
 			page.Written = snap.Written
-			page.Services = servicesOf(snap.Entries)
+			page.Services = servicesOf(adapter.Entries(snap.Groups))
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		if err := statusTemplate.Execute(w, page); err != nil {
