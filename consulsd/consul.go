@@ -17,7 +17,6 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -403,9 +402,5 @@ func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
 
 // group turns one service's instances into its target group, one target each.
 func (d *Discovery) group(name string, entries []*api.ServiceEntry) *targetgroup.Group {
-	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(entries))}
-	for _, e := range entries {
-		g.Targets = append(g.Targets, targetLabels(e, d.cfg.TagSeparator))
-	}
-	return g
+	return serviceGroup(name, entries, d.cfg.TagSeparator)
 }

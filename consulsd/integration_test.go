@@ -50,13 +50,15 @@ func refresh(t *testing.T, d *consulsd.Discovery) map[string]*targetgroup.Group 
 	return bySource
 }
 
-// byNode indexes a group's targets by their node label.
+// byNode indexes a group's targets by their node label. Each target's
+// labels are merged over the group's, as Prometheus merges them.
 func byNode(g *targetgroup.Group) map[string]model.LabelSet {
 	m := map[string]model.LabelSet{}
 	if g == nil {
 		return m
 	}
 	for _, tg := range g.Targets {
+		tg = g.Labels.Merge(tg)
 		m[string(tg["__meta_consul_node"])] = tg
 	}
 	return m
@@ -315,6 +317,7 @@ func seen(groups map[string]*targetgroup.Group) map[string]string {
 	got := map[string]string{}
 	for _, g := range groups {
 		for _, tg := range g.Targets {
+			tg = g.Labels.Merge(tg)
 			tags := strings.Split(strings.Trim(string(tg["__meta_consul_tags"]), ","), ",")
 			if tags[0] == "" {
 				tags = []string{}

@@ -1,6 +1,7 @@
 package consulsd
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -124,5 +125,59 @@ func TestTargetLabels(t *testing.T) {
 				t.Errorf("invalid label set: %v", err)
 			}
 		})
+	}
+}
+
+// TestServiceGroupSharesCommonLabels: labels every instance has with the
+// same value move to the group, the rest stay on the targets, and merging
+// them back gives each instance's own labels (without empty ones).
+func TestServiceGroupSharesCommonLabels(t *testing.T) {
+	entry := func(node, addr, id, health string, meta map[string]string) *api.ServiceEntry {
+		return &api.ServiceEntry{
+			Node:    &api.Node{Node: node, Address: addr, Datacenter: "dc1", Meta: map[string]string{"os": "linux", "rack": node}},
+			Service: &api.AgentService{ID: id, Service: "web", Port: 80, Tags: []string{"a"}, Meta: meta},
+			Checks:  api.HealthChecks{{Status: health}},
+		}
+	}
+	entries := []*api.ServiceEntry{
+		entry("n1", "10.0.0.1", "web-1", api.HealthPassing, map[string]string{"v": "1"}),
+		entry("n2", "10.0.0.2", "web-2", api.HealthCritical, map[string]string{"v": "1"}),
+		entry("n3", "10.0.0.3", "web-3", api.HealthPassing, nil),
+	}
+	g := serviceGroup("web", entries, ",")
+	wantShared := model.LabelSet{
+		serviceLabel: "web", servicePortLabel: "80", tagsLabel: ",a,", datacenterLabel: "dc1",
+		"__meta_consul_metadata_os": "linux",
+	}
+	if !reflect.DeepEqual(g.Labels, wantShared) {
+		t.Errorf("group labels %v, want %v", g.Labels, wantShared)
+	}
+	if len(g.Targets) != len(entries) {
+		t.Fatalf("%d targets, want %d", len(g.Targets), len(entries))
+	}
+	for i, e := range entries {
+		for name := range wantShared {
+			if _, ok := g.Targets[i][name]; ok {
+				t.Errorf("target %d repeats the shared label %s", i, name)
+			}
+		}
+		want := targetLabels(e, ",")
+		for n, v := range want {
+			if v == "" {
+				delete(want, n)
+			}
+		}
+		if got := g.Labels.Merge(g.Targets[i]); !reflect.DeepEqual(got, want) {
+			t.Errorf("target %d: merged labels\n%v\nwant\n%v", i, got, want)
+		}
+	}
+
+	// One instance: nothing to share, everything stays on the target.
+	one := serviceGroup("web", entries[:1], ",")
+	if len(one.Labels) != 0 || len(one.Targets) != 1 || one.Targets[0][nodeLabel] != "n1" || one.Targets[0][serviceLabel] != "web" {
+		t.Errorf("single instance: group labels %v, target %v", one.Labels, one.Targets)
+	}
+	if none := serviceGroup("web", nil, ","); none.Source != "web" || len(none.Targets) != 0 {
+		t.Errorf("no instances: %+v", none)
 	}
 }

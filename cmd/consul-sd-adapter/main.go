@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -42,7 +43,17 @@ const (
 	exitUsage   = 2
 )
 
+// defaultGOGC is the garbage collector's target when $GOGC is unset, as in
+// Prometheus: the heap may grow by 75% over live data between collections
+// instead of Go's 100%. At 100,000 targets the live data is the targets
+// themselves, so this takes a fifth off the peak memory for a few percent
+// more CPU.
+const defaultGOGC = 75
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
