@@ -3,8 +3,11 @@ package consultest
 import (
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 )
 
 // ports are the loopback ports one agent listens on. They are chosen once
@@ -21,6 +24,10 @@ type ports struct {
 // every port is picked so that no two roles get the same port; they are then
 // released for consul to bind. Another process may grab one in between: Start
 // retries with new ports when consul reports an address in use.
+//
+// The ports come from below the kernel's ephemeral range: a port from that
+// range, freed while Restart stops the agent, can be taken by any outgoing
+// connection on the machine, and the agent could not come back on it.
 func freePorts() (p ports, err error) {
 	var held []io.Closer
 	defer func() {
@@ -29,10 +36,10 @@ func freePorts() (p ports, err error) {
 		}
 	}()
 	pick := func(udpToo bool) (int, error) {
-		for range 20 {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
+		for range 50 {
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(lowPort+rand.IntN(ephemeralStart()-lowPort))))
 			if err != nil {
-				return 0, err
+				continue // in use
 			}
 			held = append(held, l)
 			port := l.Addr().(*net.TCPAddr).Port
@@ -64,4 +71,21 @@ func freePorts() (p ports, err error) {
 		}
 	}
 	return p, nil
+}
+
+// lowPort is the bottom of the range ports are picked from.
+const lowPort = 10000
+
+// ephemeralStart returns where the kernel's range of ports for outgoing
+// connections begins (Linux's default when it cannot be read).
+func ephemeralStart() int {
+	start := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > lowPort+1000 {
+				start = n
+			}
+		}
+	}
+	return start
 }
