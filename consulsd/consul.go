@@ -8,15 +8,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -304,6 +307,9 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 	if d.snapshot != nil && state == d.state {
 		return d.snapshot, false, nil // nothing changed: a round of three requests
 	}
+	if d.healthOnly(state) {
+		return d.healthRound(ctx, state)
+	}
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
 	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
@@ -314,7 +320,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 			if err != nil {
 				return fmt.Errorf("querying service %q: %w", name, err)
 			}
-			groups[i] = d.group(name, entries)
+			groups[i] = d.reuse(d.group(name, entries))
 			return nil
 		})
 	}
@@ -324,22 +330,25 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 
 	current := make(map[string]struct{}, len(names))
 	targets := 0
+	changed := d.snapshot == nil || len(names) != len(d.snapshot)
 	for i, name := range names {
 		current[name] = struct{}{}
 		targets += len(groups[i].Targets)
+		changed = changed || groups[i] != d.snapshot[i]
 	}
 	d.state, d.snapshot = state, groups[:len(names):len(names)]
 	// The Manager keeps a group until it gets an empty one with its source.
 	for name := range d.sent {
 		if _, ok := current[name]; !ok {
 			groups = append(groups, &targetgroup.Group{Source: name})
+			changed = true
 		}
 	}
 	d.sent = current
 	d.targets = targets
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
-	return groups, true, nil
+	return groups, changed, nil
 }
 
 // listServices returns the sorted names of the services to query, and the
@@ -398,6 +407,28 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string) ([]*api.S
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
 	return (&api.QueryOptions{AllowStale: d.cfg.AllowStale}).WithContext(ctx)
+}
+
+// reuse returns the previous snapshot's group for g's service if it equals
+// g, and g otherwise. The Manager keeps the groups it was sent until the next
+// ones arrive: without this, each round would hold a second copy of every
+// target while it runs, although on most rounds few services change.
+// Called concurrently during a round, when the snapshot is only read.
+func (d *Discovery) reuse(g *targetgroup.Group) *targetgroup.Group {
+	i, found := slices.BinarySearchFunc(d.snapshot, g.Source, func(p *targetgroup.Group, name string) int {
+		return strings.Compare(p.Source, name)
+	})
+	if found && sameGroup(d.snapshot[i], g) {
+		return d.snapshot[i]
+	}
+	return g
+}
+
+// sameGroup reports whether two groups of one service hold the same labels
+// and targets, in the same order.
+func sameGroup(a, b *targetgroup.Group) bool {
+	return maps.Equal(a.Labels, b.Labels) &&
+		slices.EqualFunc(a.Targets, b.Targets, func(x, y model.LabelSet) bool { return maps.Equal(x, y) })
 }
 
 // group turns one service's instances into its target group, one target each.

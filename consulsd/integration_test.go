@@ -363,32 +363,44 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 	steps := []struct {
 		name   string
 		change func()
+		// Only checks change: the round reads the checks that are not
+		// passing instead of querying each service.
+		healthOnly bool
 	}{
-		{"a health flip", func() { agent.SetHealth(t, web1, "critical") }},
-		{"a health flip back", func() { agent.SetHealth(t, web1, "passing") }},
-		{"a node meta change", func() {
+		{"a health flip", func() { agent.SetHealth(t, web1, "critical") }, true},
+		{"a health flip to warning", func() { agent.SetHealth(t, web1, "warning") }, true},
+		{"a health flip back", func() { agent.SetHealth(t, web1, "passing") }, true},
+		{"a failing node check", func() { agent.SetNodeHealth(t, "n2", "critical") }, true},
+		{"a service check failing on a failing node", func() { agent.SetHealth(t, web2, "critical") }, true},
+		{"a node check back to passing", func() { agent.SetNodeHealth(t, "n2", "passing") }, true},
+		{"a service check back to passing", func() { agent.SetHealth(t, web2, "passing") }, true},
+		{name: "a node meta change", change: func() {
 			web2.NodeMeta = map[string]string{"rack": "r9"}
 			agent.RegisterInstance(t, web2)
 		}},
-		{"a tag change", func() {
+		{name: "a tag change", change: func() {
 			web1.Tags = []string{"a", "b"}
 			agent.RegisterInstance(t, web1)
 		}},
-		{"a port change", func() {
+		{name: "a port change", change: func() {
 			web1.Port = 81
 			agent.RegisterInstance(t, web1)
 		}},
-		{"a registration", func() {
+		{name: "a registration", change: func() {
 			agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "web", ID: "web-3", Port: 80})
 		}},
-		{"a new service", func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "db", Port: 5432}) }},
-		{"a deregistration", func() { agent.DeregisterInstance(t, "n3", "web-3") }},
-		{"a node deregistration", func() { agent.DeregisterNode(t, "n3") }},
+		{name: "a new service", change: func() { agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "db", Port: 5432}) }},
+		{name: "a deregistration", change: func() { agent.DeregisterInstance(t, "n3", "web-3") }},
+		{name: "a node deregistration", change: func() { agent.DeregisterNode(t, "n3") }},
 	}
 	for _, step := range steps {
+		before := proxy.Requests("/v1/health/service/web")
 		step.change()
 		check(step.name)
 		check(step.name + ", then a quiet round")
+		if n := proxy.Requests("/v1/health/service/web") - before; step.healthOnly && n > 0 {
+			t.Errorf("after %s: %d per-service queries, want none", step.name, n)
+		}
 	}
 }
 
@@ -495,4 +507,31 @@ func unanswered(t *testing.T, reg *prometheus.Registry) float64 {
 		}
 	}
 	return n
+}
+
+// TestUnchangedServicesKeepTheirGroups: after a change to one service, the
+// next snapshot holds the very same group values for the others, so the
+// Manager and the adapter never hold two copies of an unchanged service.
+func TestUnchangedServicesKeepTheirGroups(t *testing.T) {
+	agent := consultest.Start(t)
+	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
+	d, _ := newDiscovery(t, agent.Addr, nil)
+
+	first := refresh(t, d)
+	agent.SetHealth(t, web, "critical")
+	second := refresh(t, d)
+	if second["db"] != first["db"] {
+		t.Error("db did not change but got a new group")
+	}
+	if second["web"] == first["web"] {
+		t.Fatal("web changed but kept its old group")
+	}
+	if got := byNode(second["web"])["n1"]["__meta_consul_health"]; got != "critical" {
+		t.Errorf("web's health = %q, want critical", got)
+	}
+	if got := byNode(first["web"])["n1"]["__meta_consul_health"]; got != "passing" {
+		t.Errorf("the group sent before was changed afterwards: health %q, want passing", got)
+	}
 }

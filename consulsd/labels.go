@@ -141,19 +141,23 @@ func appendPrefixed(dst []labelPair, prefix string, m map[string]string, value f
 // 8 entries takes about a quarter of one of 17. Empty labels are left out:
 // Prometheus treats them as absent.
 func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string) *targetgroup.Group {
-	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(entries))}
-	var all []labelPair
-	bounds := make([]int, 1, len(entries)+1)
-	for _, e := range entries {
+	instances := make([][]labelPair, len(entries))
+	var all []labelPair // one allocation for every instance's labels
+	for i, e := range entries {
+		start := len(all)
 		all = appendInstanceLabels(all, e, tagSeparator)
-		bounds = append(bounds, len(all))
+		instances[i] = all[start:len(all):len(all)]
 	}
-	labelsOf := func(i int) []labelPair { return all[bounds[i]:bounds[i+1]] }
+	return groupOf(name, instances)
+}
 
+// groupOf builds a group from each instance's labels, as serviceGroup does.
+func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
+	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(instances))}
 	var shared []labelPair
-	if len(entries) > 1 {
-		for j, p := range labelsOf(0) {
-			if p.name != model.AddressLabel && p.value != "" && inEvery(p, j, len(entries), labelsOf) {
+	if len(instances) > 1 {
+		for j, p := range instances[0] {
+			if p.name != model.AddressLabel && p.value != "" && inEvery(p, j, instances[1:]) {
 				shared = append(shared, p)
 			}
 		}
@@ -167,8 +171,7 @@ func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string)
 			g.Labels[p.name] = p.value
 		}
 	}
-	for i := range entries {
-		own := labelsOf(i)
+	for _, own := range instances {
 		n := 0
 		for _, p := range own {
 			if p.value != "" && !isShared(p.name) {
@@ -188,12 +191,11 @@ func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string)
 	return g
 }
 
-// inEvery reports whether each of the n instances has label p, found at
-// index j in the first. Instances with the same label names list them in
-// the same order, so the same index is looked at first.
-func inEvery(p labelPair, j, n int, labelsOf func(int) []labelPair) bool {
-	for i := 1; i < n; i++ {
-		ls := labelsOf(i)
+// inEvery reports whether every instance in others has label p, found at
+// index j in the first. Instances with the same label names usually list
+// them in the same order, so the same index is looked at first.
+func inEvery(p labelPair, j int, others [][]labelPair) bool {
+	for _, ls := range others {
 		if j < len(ls) && ls[j].name == p.name {
 			if ls[j].value != p.value {
 				return false

@@ -108,6 +108,21 @@ func (a *Agent) SetHealth(t testing.TB, inst Instance, status string) {
 	}
 }
 
+// SetNodeHealth registers, or updates, a check of the node itself (not of
+// a service on it) with the given status: it counts for every instance on
+// the node.
+func (a *Agent) SetNodeHealth(t testing.TB, node, status string) {
+	t.Helper()
+	reg := &api.CatalogRegistration{
+		Node:           node,
+		SkipNodeUpdate: true,
+		Check:          &api.AgentCheck{Node: node, CheckID: "node-check", Name: "node check", Status: status},
+	}
+	if _, err := a.Client.Catalog().Register(reg, nil); err != nil {
+		t.Fatalf("consultest: setting the node health of %s to %s: %v", node, status, err)
+	}
+}
+
 // DeregisterInstance removes one service instance, and its checks, from a
 // node. The node stays.
 func (a *Agent) DeregisterInstance(t testing.TB, node, serviceID string) {
