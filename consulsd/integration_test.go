@@ -359,6 +359,9 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 	if n := proxy.Requests("/v1/health/service/web") - before; n > 2 {
 		t.Errorf("%d per-service queries in 10 quiet rounds, want at most 2", n)
 	}
+	if n := proxy.GzipRequests(); n > 0 {
+		t.Errorf("%d requests asked Consul to gzip its answer, want none", n)
+	}
 
 	steps := []struct {
 		name   string

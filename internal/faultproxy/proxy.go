@@ -39,6 +39,7 @@ type Proxy struct {
 	faults map[string]Fault
 	counts map[string]int
 	total  int
+	gzip   int // requests that accepted a gzipped answer
 }
 
 // Start starts a proxy to target, as New does, and closes it when the test
@@ -153,12 +154,23 @@ func (p *Proxy) TotalRequests() int {
 	return p.total
 }
 
-// record counts a request for path and returns its fault.
-func (p *Proxy) record(path string) Fault {
+// GzipRequests returns how many requests accepted a gzipped answer.
+func (p *Proxy) GzipRequests() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gzip
+}
+
+// record counts a request and returns its fault.
+func (p *Proxy) record(r *http.Request) Fault {
+	path := r.URL.Path
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.counts[path]++
 	p.total++
+	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		p.gzip++
+	}
 	if f, ok := p.faults[path]; ok {
 		return f
 	}
@@ -178,7 +190,7 @@ func (p *Proxy) record(path string) Fault {
 type faultKey struct{}
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
-	f := p.record(r.URL.Path)
+	f := p.record(r)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	defer context.AfterFunc(p.ctx, cancel)()
