@@ -1,7 +1,9 @@
 // Package consulsd discovers Prometheus targets in Consul. It implements
 // Prometheus's discovery.Discoverer: every refresh round lists the services,
 // queries each one's instances, and sends a full snapshot only when every
-// query of the round succeeded, so a fault never deletes targets.
+// query of the round succeeded, so a fault never deletes targets. Consul's
+// indexes let a round skip the per-service queries when nothing changed, or
+// when only health checks did.
 package consulsd
 
 import (

@@ -180,6 +180,29 @@ func (a *Adapter) Metric(series string) (float64, error) {
 	return v, nil
 }
 
+// PeakRSS returns the most memory the adapter has had resident so far, in
+// bytes.
+func (a *Adapter) PeakRSS() (int64, error) { return PeakRSS(a.cmd.Process.Pid) }
+
+// PeakRSS returns the most memory process pid has had resident since it
+// started its program (VmHWM in /proc/<pid>/status), in bytes. Unlike the
+// ru_maxrss a parent gets from wait, it does not count the parent: Go
+// starts children with vfork, and Linux carries the parent's peak over
+// into the child's at exec.
+func PeakRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc status")
+}
+
 // Stop sends SIGTERM, waits up to StopTimeout, then kills the adapter. It
 // returns the exit status: -1 if it had to be killed.
 func (a *Adapter) Stop() int {

@@ -8,7 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
@@ -74,22 +75,52 @@ func (b *adapterBin) runOnce(ctx context.Context, consul, dir string, args []str
 	if err := cmd.Start(); err != nil {
 		return onceResult{}, err
 	}
+	peak := watchPeakRSS(cmd.Process.Pid)
 	err := cmd.Wait()
 	wall := time.Since(start)
+	maxRSS := peak()
 	if err != nil {
 		return onceResult{}, fmt.Errorf("adapter --once %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
 	st := cmd.ProcessState
-	res := onceResult{Wall: wall, CPU: st.UserTime() + st.SystemTime()}
-	if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
-		res.MaxRSS = ru.Maxrss * 1024
-	}
+	res := onceResult{Wall: wall, CPU: st.UserTime() + st.SystemTime(), MaxRSS: maxRSS}
 	n, err := countTargets(out)
 	if err != nil {
 		return res, err
 	}
 	res.Targets = n
 	return res, nil
+}
+
+// peakPoll is how often watchPeakRSS reads a child's peak RSS.
+const peakPoll = 2 * time.Millisecond
+
+// watchPeakRSS follows the peak RSS of process pid until the returned
+// function is called after the process ended; it returns the last peak
+// read. The kernel keeps the high-water mark, so only growth in the last
+// poll interval before exit can be missed. (wait's ru_maxrss would count
+// the harness itself, see adapterproc.PeakRSS.)
+func watchPeakRSS(pid int) (stop func() int64) {
+	var peak atomic.Int64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			if v, err := adapterproc.PeakRSS(pid); err == nil {
+				peak.Store(max(peak.Load(), v))
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(peakPoll):
+			}
+		}
+	})
+	return func() int64 {
+		close(done)
+		wg.Wait()
+		return peak.Load()
+	}
 }
 
 // fileEntry is one entry of a file_sd file.
