@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -21,7 +20,6 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
@@ -325,7 +323,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 			if err != nil {
 				return fmt.Errorf("querying service %q: %w", name, err)
 			}
-			groups[i] = d.reuse(d.group(name, entries))
+			groups[i] = d.roundGroup(name, entries)
 			return nil
 		})
 	}
@@ -414,26 +412,21 @@ func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
 	return (&api.QueryOptions{AllowStale: d.cfg.AllowStale}).WithContext(ctx)
 }
 
-// reuse returns the previous snapshot's group for g's service if it equals
-// g, and g otherwise. The Manager keeps the groups it was sent until the next
-// ones arrive: without this, each round would hold a second copy of every
-// target while it runs, although on most rounds few services change.
-// Called concurrently during a round, when the snapshot is only read.
-func (d *Discovery) reuse(g *targetgroup.Group) *targetgroup.Group {
-	i, found := slices.BinarySearchFunc(d.snapshot, g.Source, func(p *targetgroup.Group, name string) int {
-		return strings.Compare(p.Source, name)
+// roundGroup returns the group of a service's instances: the previous
+// snapshot's group if it holds exactly these labels, else a new one. The
+// Manager keeps the groups it was sent until the next ones arrive: without
+// this, each round would build a second copy of every target, although on
+// most rounds few services change. Called concurrently during a round,
+// when the snapshot is only read.
+func (d *Discovery) roundGroup(name string, entries []*api.ServiceEntry) *targetgroup.Group {
+	instances := instanceLabels(entries, d.cfg.TagSeparator)
+	i, found := slices.BinarySearchFunc(d.snapshot, name, func(g *targetgroup.Group, name string) int {
+		return strings.Compare(g.Source, name)
 	})
-	if found && sameGroup(d.snapshot[i], g) {
+	if found && holds(d.snapshot[i], instances) {
 		return d.snapshot[i]
 	}
-	return g
-}
-
-// sameGroup reports whether two groups of one service hold the same labels
-// and targets, in the same order.
-func sameGroup(a, b *targetgroup.Group) bool {
-	return maps.Equal(a.Labels, b.Labels) &&
-		slices.EqualFunc(a.Targets, b.Targets, func(x, y model.LabelSet) bool { return maps.Equal(x, y) })
+	return groupOf(name, instances)
 }
 
 // group turns one service's instances into its target group, one target each.

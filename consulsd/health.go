@@ -37,10 +37,14 @@ func (d *Discovery) healthRound(ctx context.Context, state catalogState) ([]*tar
 	defer cancel()
 	opts := d.queryOptions(rctx)
 	opts.Filter = notPassing
-	checks, _, err := d.client.Health().State(api.HealthAny, opts)
+	checks, meta, err := d.client.Health().State(api.HealthAny, opts)
 	if err != nil {
 		return nil, false, fmt.Errorf("reading health checks: %w", err)
 	}
+	// With stale reads another server may answer, one behind the server
+	// that gave the index: remember the older index, so that the next round
+	// does not take its answer for the newer state.
+	state.checks = min(state.checks, meta.LastIndex)
 	// A node's own checks count for every instance on it.
 	nodeChecks := map[instanceKey]api.HealthChecks{}
 	serviceChecks := map[instanceKey]api.HealthChecks{}
@@ -92,7 +96,7 @@ func withHealth(g *targetgroup.Group, health func(model.LabelSet) model.LabelVal
 	instances := make([][]labelPair, len(merged))
 	for i, ls := range merged {
 		for n, v := range ls {
-			instances[i] = append(instances[i], labelPair{n, v})
+			instances[i] = append(instances[i], labelPair{name: n, value: v})
 		}
 	}
 	return groupOf(g.Source, instances)

@@ -51,6 +51,9 @@ const (
 type labelPair struct {
 	name  model.LabelName
 	value model.LabelValue
+	// fromNode marks the node's values, which every instance on the node
+	// repeats: a group stores them interned.
+	fromNode bool
 }
 
 // targetLabels returns all labels of one service instance, as Prometheus's
@@ -79,45 +82,48 @@ func appendInstanceLabels(dst []labelPair, e *api.ServiceEntry, tagSeparator str
 	}
 
 	dst = append(dst,
-		labelPair{model.AddressLabel, model.LabelValue(net.JoinHostPort(host, port))},
-		labelPair{addressLabel, nodeValue(node.Address)},
-		labelPair{nodeLabel, nodeValue(node.Node)},
-		labelPair{serviceLabel, model.LabelValue(svc.Service)},
-		labelPair{serviceIDLabel, model.LabelValue(svc.ID)},
-		labelPair{serviceAddressLabel, model.LabelValue(svc.Address)},
-		labelPair{servicePortLabel, model.LabelValue(port)},
+		labelPair{name: model.AddressLabel, value: model.LabelValue(net.JoinHostPort(host, port))},
+		labelPair{name: addressLabel, value: model.LabelValue(node.Address), fromNode: true},
+		labelPair{name: nodeLabel, value: model.LabelValue(node.Node), fromNode: true},
+		labelPair{name: serviceLabel, value: model.LabelValue(svc.Service)},
+		labelPair{name: serviceIDLabel, value: model.LabelValue(svc.ID)},
+		labelPair{name: serviceAddressLabel, value: model.LabelValue(svc.Address)},
+		labelPair{name: servicePortLabel, value: model.LabelValue(port)},
 		// Wrapping the list in the separator lets a relabel regex match
 		// ",tag," without caring where the tag sits.
-		labelPair{tagsLabel, model.LabelValue(tagSeparator + strings.Join(svc.Tags, tagSeparator) + tagSeparator)},
-		labelPair{healthLabel, model.LabelValue(e.Checks.AggregatedStatus())},
-		labelPair{datacenterLabel, nodeValue(node.Datacenter)},
+		labelPair{name: tagsLabel, value: model.LabelValue(tagSeparator + strings.Join(svc.Tags, tagSeparator) + tagSeparator)},
+		labelPair{name: healthLabel, value: model.LabelValue(e.Checks.AggregatedStatus())},
+		labelPair{name: datacenterLabel, value: model.LabelValue(node.Datacenter), fromNode: true},
 	)
 	if svc.Namespace != "" {
-		dst = append(dst, labelPair{namespaceLabel, model.LabelValue(svc.Namespace)})
+		dst = append(dst, labelPair{name: namespaceLabel, value: model.LabelValue(svc.Namespace)})
 	}
 	if svc.Partition != "" {
-		dst = append(dst, labelPair{partitionLabel, model.LabelValue(svc.Partition)})
+		dst = append(dst, labelPair{name: partitionLabel, value: model.LabelValue(svc.Partition)})
 	}
-	dst = appendPrefixed(dst, nodeMetaLabelPrefix, node.Meta, nodeValue)
-	dst = appendPrefixed(dst, serviceMetaLabelPrefix, svc.Meta, plainValue)
-	return appendPrefixed(dst, taggedAddressLabelPrefix, node.TaggedAddresses, nodeValue)
+	dst = appendPrefixed(dst, nodeMetaLabelPrefix, node.Meta, true)
+	dst = appendPrefixed(dst, serviceMetaLabelPrefix, svc.Meta, false)
+	return appendPrefixed(dst, taggedAddressLabelPrefix, node.TaggedAddresses, true)
 }
 
-// nodeValue returns a node's value as one copy shared by every instance on
-// the node. Each instance's answer from Consul decodes into strings of its
-// own, and a node typically runs many instances: without this, at 100,000
-// targets the node's names, addresses and meta took a fifth of the
-// adapter's memory. The copies are weak: a value no target uses any more
-// is freed.
-func nodeValue(s string) model.LabelValue { return model.LabelValue(unique.Make(s).Value()) }
-
-func plainValue(s string) model.LabelValue { return model.LabelValue(s) }
+// stored returns the value to keep in a group's map. A node's values are
+// interned, one copy shared by every instance on the node: each instance's
+// answer from Consul decodes into strings of its own, and a node typically
+// runs many instances. The copies are weak: a value no target uses any
+// more is freed. Interning only what is stored keeps the check of an
+// unchanged service (holds) free of it.
+func (p labelPair) stored() model.LabelValue {
+	if p.fromNode {
+		return model.LabelValue(unique.Make(string(p.value)).Value())
+	}
+	return p.value
+}
 
 // appendPrefixed appends one label per map entry, its key made a valid
 // label name. Keys that sanitise to the same name ("env-name", "env_name")
 // collide; the first in sorted order wins, so the same entry always gives
 // the same labels.
-func appendPrefixed(dst []labelPair, prefix string, m map[string]string, value func(string) model.LabelValue) []labelPair {
+func appendPrefixed(dst []labelPair, prefix string, m map[string]string, fromNode bool) []labelPair {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -127,7 +133,7 @@ func appendPrefixed(dst []labelPair, prefix string, m map[string]string, value f
 	for _, k := range keys {
 		name := labelName(prefix, k)
 		if !slices.ContainsFunc(dst[start:], func(p labelPair) bool { return p.name == name }) {
-			dst = append(dst, labelPair{name, value(m[k])})
+			dst = append(dst, labelPair{name: name, value: model.LabelValue(m[k]), fromNode: fromNode})
 		}
 	}
 	return dst
@@ -141,6 +147,11 @@ func appendPrefixed(dst []labelPair, prefix string, m map[string]string, value f
 // 8 entries takes about a quarter of one of 17. Empty labels are left out:
 // Prometheus treats them as absent.
 func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string) *targetgroup.Group {
+	return groupOf(name, instanceLabels(entries, tagSeparator))
+}
+
+// instanceLabels returns the labels of each instance.
+func instanceLabels(entries []*api.ServiceEntry, tagSeparator string) [][]labelPair {
 	instances := make([][]labelPair, len(entries))
 	var all []labelPair // one allocation for every instance's labels
 	for i, e := range entries {
@@ -148,7 +159,38 @@ func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string)
 		all = appendInstanceLabels(all, e, tagSeparator)
 		instances[i] = all[start:len(all):len(all)]
 	}
-	return groupOf(name, instances)
+	return instances
+}
+
+// holds reports whether g is a group of exactly these instances' labels,
+// target by target, however its labels are shared out. It allocates
+// nothing, so checking a service that did not change costs no memory.
+func holds(g *targetgroup.Group, instances [][]labelPair) bool {
+	if len(g.Targets) != len(instances) {
+		return false
+	}
+	for i, own := range instances {
+		target, n := g.Targets[i], 0
+		for _, p := range own {
+			if p.value == "" {
+				continue // left out of groups
+			}
+			n++
+			v, ok := target[p.name]
+			if !ok {
+				v, ok = g.Labels[p.name]
+			}
+			if !ok || v != p.value {
+				return false
+			}
+		}
+		// Group and target labels are disjoint, so equal counts mean no
+		// label of the group is missing from the instance.
+		if n != len(target)+len(g.Labels) {
+			return false
+		}
+	}
+	return true
 }
 
 // groupOf builds a group from each instance's labels, as serviceGroup does.
@@ -168,7 +210,7 @@ func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 	if len(shared) > 0 {
 		g.Labels = make(model.LabelSet, len(shared))
 		for _, p := range shared {
-			g.Labels[p.name] = p.value
+			g.Labels[p.name] = p.stored()
 		}
 	}
 	for _, own := range instances {
@@ -183,7 +225,7 @@ func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 		labels := make(model.LabelSet, n)
 		for _, p := range own {
 			if p.value != "" && !isShared(p.name) {
-				labels[p.name] = p.value
+				labels[p.name] = p.stored()
 			}
 		}
 		g.Targets = append(g.Targets, labels)

@@ -1,11 +1,13 @@
 package consulsd
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
 func TestTargetLabels(t *testing.T) {
@@ -179,5 +181,54 @@ func TestServiceGroupSharesCommonLabels(t *testing.T) {
 	}
 	if none := serviceGroup("web", nil, ","); none.Source != "web" || len(none.Targets) != 0 {
 		t.Errorf("no instances: %+v", none)
+	}
+}
+
+// TestHolds: a group holds its instances' labels however they are shared
+// out between group and targets, and any added, removed or changed label
+// makes it not hold them.
+func TestHolds(t *testing.T) {
+	entries := func() []*api.ServiceEntry {
+		var es []*api.ServiceEntry
+		for i := 1; i <= 3; i++ {
+			es = append(es, &api.ServiceEntry{
+				Node:    &api.Node{Node: fmt.Sprintf("n%d", i), Address: fmt.Sprintf("10.0.0.%d", i), Datacenter: "dc1", Meta: map[string]string{"os": "linux"}},
+				Service: &api.AgentService{ID: fmt.Sprintf("web-%d", i), Service: "web", Port: 80, Meta: map[string]string{"v": "1"}},
+				Checks:  api.HealthChecks{{Status: api.HealthPassing}},
+			})
+		}
+		return es
+	}
+	g := serviceGroup("web", entries(), ",")
+	if !holds(g, instanceLabels(entries(), ",")) {
+		t.Fatal("a group does not hold the instances it was built from")
+	}
+	// The same labels, all on the targets.
+	flat := &targetgroup.Group{Source: "web"}
+	for _, tl := range g.Targets {
+		flat.Targets = append(flat.Targets, g.Labels.Merge(tl))
+	}
+	if !holds(flat, instanceLabels(entries(), ",")) {
+		t.Error("a group with every label on its targets does not hold the same instances")
+	}
+
+	for name, edit := range map[string]func([]*api.ServiceEntry){
+		"a changed node value":     func(es []*api.ServiceEntry) { es[1].Node.Address = "10.0.0.9" },
+		"a changed shared value":   func(es []*api.ServiceEntry) { es[2].Service.Meta["v"] = "2" },
+		"an added label":           func(es []*api.ServiceEntry) { es[0].Node.Meta["rack"] = "r1" },
+		"a removed shared label":   func(es []*api.ServiceEntry) { delete(es[0].Node.Meta, "os") },
+		"a label emptied":          func(es []*api.ServiceEntry) { es[0].Service.Meta["v"] = "" },
+		"a label set from empty":   func(es []*api.ServiceEntry) { es[0].Service.Address = "10.1.1.1" },
+		"one instance fewer":       func(es []*api.ServiceEntry) {},
+		"instances in other order": func(es []*api.ServiceEntry) { es[0], es[1] = es[1], es[0] },
+	} {
+		es := entries()
+		edit(es)
+		if name == "one instance fewer" {
+			es = es[:2]
+		}
+		if holds(g, instanceLabels(es, ",")) {
+			t.Errorf("%s: the old group still holds the instances", name)
+		}
 	}
 }

@@ -172,7 +172,7 @@ func TestACL(t *testing.T) {
 					return d.metric(`consul_sd_adapter_refreshes_total{result="failure"}`) >= 2
 				})
 			}
-			for _, path := range []string{"/metrics", "/", "/targets", "/-/ready", "/-/healthy"} {
+			for _, path := range []string{"/metrics", "/", "/targets", "/-/ready", "/-/healthy", "/debug/pprof/cmdline"} {
 				_, body := d.get(path)
 				show(tc.name+" "+path, body)
 			}
@@ -301,6 +301,13 @@ func TestWebBasicAuth(t *testing.T) {
 	}
 	if code, _ := get("/-/ready", none); code != http.StatusUnauthorized {
 		t.Errorf("/-/ready without credentials: %d, want 401", code)
+	}
+	// Profiles tell a lot about the process: they are behind the same auth.
+	if code, _ := get("/debug/pprof/", none); code != http.StatusUnauthorized {
+		t.Errorf("/debug/pprof/ without credentials: %d, want 401", code)
+	}
+	if code, body := get("/debug/pprof/", right); code != http.StatusOK || !strings.Contains(body, "heap") {
+		t.Errorf("/debug/pprof/ with credentials: %d, want 200 with the list of profiles:\n%.300s", code, body)
 	}
 	if strings.Contains(d.stderr.String(), password) {
 		t.Error("the password appears in the log")

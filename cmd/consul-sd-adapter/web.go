@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,6 +34,13 @@ func newWebHandler(reg *prometheus.Registry, d *consulsd.Discovery, a *adapter.A
 		w.Write([]byte("Ready.\n"))
 	})
 	mux.Handle(httpSDPath, a.HTTPSDHandler())
+	// Go's profiles, as Prometheus serves them: where the memory of a large
+	// catalog goes is otherwise guesswork.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.Handle("/", statusHandler(d, a, outputFile))
 	return mux
 }
