@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-kit/log"
@@ -106,9 +107,14 @@ type Discovery struct {
 	// touches these.
 	state         catalogState
 	wentBackwards bool // in the last round, an index was below the one before
-	snapshot      []*targetgroup.Group
-	sent          map[string]struct{}
-	targets       int
+	// resync makes the next round query every service, whatever the
+	// indexes say. It is set when Consul may have lost or replaced its
+	// state (a failed round, a failed watch): a restarted agent can come
+	// back with indexes that happen to equal, or just exceed, the old ones.
+	resync   atomic.Bool
+	snapshot []*targetgroup.Group
+	sent     map[string]struct{}
+	targets  int
 
 	status statusRecorder
 }
@@ -281,6 +287,7 @@ func (d *Discovery) refreshRound(ctx context.Context) ([]*targetgroup.Group, boo
 	groups, changed, err := d.refresh(ctx)
 	d.metrics.refreshDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
+		d.resync.Store(true)
 		d.metrics.refreshes.WithLabelValues("failure").Inc()
 		if ctx.Err() == nil {
 			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
@@ -307,11 +314,13 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 		return nil, false, fmt.Errorf("reading catalog indexes: %w", err)
 	}
 	d.wentBackwards = state.before(d.state)
-	if d.snapshot != nil && state == d.state {
-		return d.snapshot, false, nil // nothing changed: a round of three requests
-	}
-	if d.healthOnly(state) {
-		return d.healthRound(ctx, state)
+	if !d.resync.Swap(false) {
+		if d.snapshot != nil && state == d.state {
+			return d.snapshot, false, nil // nothing changed: a round of three requests
+		}
+		if d.healthOnly(state) {
+			return d.healthRound(ctx, state)
+		}
 	}
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))

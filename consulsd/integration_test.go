@@ -538,3 +538,32 @@ func TestUnchangedServicesKeepTheirGroups(t *testing.T) {
 		t.Errorf("the group sent before was changed afterwards: health %q, want passing", got)
 	}
 }
+
+// TestFailedRoundForcesFullRound: after a failed round the next one queries
+// every service even though no index moved. A Consul that restarted may
+// come back with indexes that happen to equal the old ones; only the
+// services' own answers can tell.
+func TestFailedRoundForcesFullRound(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, _ := newDiscovery(t, proxy.Addr, nil)
+	refresh(t, d)
+	refresh(t, d) // the agent's own anti-entropy may still move an index
+
+	before := proxy.Requests("/v1/health/service/web")
+	refresh(t, d)
+	if n := proxy.Requests("/v1/health/service/web") - before; n != 0 {
+		t.Fatalf("a quiet round queried web %d times, want 0", n)
+	}
+	proxy.Set("/v1/catalog/services", faultproxy.Status500)
+	if _, err := d.Refresh(context.Background()); err == nil {
+		t.Fatal("round succeeded through a 500")
+	}
+	proxy.ClearAll()
+	before = proxy.Requests("/v1/health/service/web")
+	refresh(t, d)
+	if n := proxy.Requests("/v1/health/service/web") - before; n != 1 {
+		t.Errorf("the round after a failure queried web %d times, want 1", n)
+	}
+}

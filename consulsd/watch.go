@@ -116,6 +116,7 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 			// an older snapshot): an old index would then block until the
 			// wait ends instead of noticing the change.
 			index = 0
+			d.resync.Store(true)
 			failures++
 			delay := retryDelay(failures, d.cfg.RefreshInterval)
 			level.Debug(d.logger).Log("msg", "Watch failed, retrying", "table", q.name, "err", err, "retry_in", delay)
