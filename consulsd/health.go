@@ -57,10 +57,10 @@ func (d *Discovery) healthRound(ctx context.Context, state catalogState) ([]*tar
 			serviceChecks[k] = append(serviceChecks[k], c)
 		}
 	}
-	health := func(labels model.LabelSet) model.LabelValue {
+	health := func(label func(model.LabelName) model.LabelValue) model.LabelValue {
 		k := instanceKey{
-			node: string(labels[nodeLabel]), partition: string(labels[partitionLabel]),
-			namespace: string(labels[namespaceLabel]), serviceID: string(labels[serviceIDLabel]),
+			node: string(label(nodeLabel)), partition: string(label(partitionLabel)),
+			namespace: string(label(namespaceLabel)), serviceID: string(label(serviceIDLabel)),
 		}
 		own := serviceChecks[k]
 		k.namespace, k.serviceID = "", ""
@@ -79,23 +79,30 @@ func (d *Discovery) healthRound(ctx context.Context, state catalogState) ([]*tar
 
 // withHealth returns g with each target's health label set by health, or g
 // itself when none changes. Groups sent are never modified: a changed group
-// is a new one, its labels shared out again.
-func withHealth(g *targetgroup.Group, health func(model.LabelSet) model.LabelValue) *targetgroup.Group {
-	merged := make([]model.LabelSet, len(g.Targets))
+// is a new one, its labels shared out again. Unchanged groups, most of them
+// in a large catalog, cost no allocation.
+func withHealth(g *targetgroup.Group, health func(label func(model.LabelName) model.LabelValue) model.LabelValue) *targetgroup.Group {
 	changed := false
-	for i, t := range g.Targets {
-		merged[i] = g.Labels.Merge(t)
-		if h := health(merged[i]); h != merged[i][healthLabel] {
-			merged[i][healthLabel] = h
+	for _, t := range g.Targets {
+		label := func(n model.LabelName) model.LabelValue {
+			if v, ok := t[n]; ok {
+				return v
+			}
+			return g.Labels[n]
+		}
+		if health(label) != label(healthLabel) {
 			changed = true
+			break
 		}
 	}
 	if !changed {
 		return g
 	}
-	instances := make([][]labelPair, len(merged))
-	for i, ls := range merged {
-		for n, v := range ls {
+	instances := make([][]labelPair, len(g.Targets))
+	for i, t := range g.Targets {
+		merged := g.Labels.Merge(t)
+		merged[healthLabel] = health(func(n model.LabelName) model.LabelValue { return merged[n] })
+		for n, v := range merged {
 			instances[i] = append(instances[i], labelPair{name: n, value: v})
 		}
 	}

@@ -537,6 +537,18 @@ func TestUnchangedServicesKeepTheirGroups(t *testing.T) {
 	if got := byNode(first["web"])["n1"]["__meta_consul_health"]; got != "passing" {
 		t.Errorf("the group sent before was changed afterwards: health %q, want passing", got)
 	}
+
+	// The health flip took the health-only round; a tag change takes a
+	// full one, which must keep db's group too.
+	web.Tags = []string{"v2"}
+	agent.RegisterInstance(t, web)
+	third := refresh(t, d)
+	if third["db"] != first["db"] {
+		t.Error("db did not change but got a new group in a full round")
+	}
+	if got := byNode(third["web"])["n1"]["__meta_consul_tags"]; got != ",v2," {
+		t.Errorf("web's tags = %q after the full round, want ,v2,", got)
+	}
 }
 
 // TestFailedRoundForcesFullRound: after a failed round the next one queries
