@@ -437,8 +437,3 @@ func (d *Discovery) roundGroup(name string, entries []*api.ServiceEntry) *target
 	}
 	return groupOf(name, instances)
 }
-
-// group turns one service's instances into its target group, one target each.
-func (d *Discovery) group(name string, entries []*api.ServiceEntry) *targetgroup.Group {
-	return serviceGroup(name, entries, d.cfg.TagSeparator)
-}

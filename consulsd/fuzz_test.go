@@ -268,7 +268,7 @@ func (in fuzzInput) groups() []*targetgroup.Group {
 	}
 	var groups []*targetgroup.Group
 	for _, name := range names {
-		groups = append(groups, d.group(name, byService[name]))
+		groups = append(groups, serviceGroup(name, byService[name], d.cfg.TagSeparator))
 	}
 	return groups
 }
@@ -355,7 +355,7 @@ func TestYAMLLabelOrder(t *testing.T) {
 			Service: &api.AgentService{ID: "web", Service: "web", Port: 80},
 		}
 		d := &Discovery{cfg: Config{TagSeparator: ","}}
-		data, err := adapter.Render([]*targetgroup.Group{d.group("web", []*api.ServiceEntry{e})}, adapter.YAML)
+		data, err := adapter.Render([]*targetgroup.Group{serviceGroup("web", []*api.ServiceEntry{e}, d.cfg.TagSeparator)}, adapter.YAML)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -139,17 +139,6 @@ func appendPrefixed(dst []labelPair, prefix string, m map[string]string, fromNod
 	return dst
 }
 
-// serviceGroup builds the target group of one service's instances. Labels
-// that every instance has, with the same value, go on the group once; each
-// target keeps only its own. The Manager and the file see the same thing
-// either way (a target's labels are merged over its group's), but the
-// per-target maps are most of the adapter's memory, and a Go map of up to
-// 8 entries takes about a quarter of one of 17. Empty labels are left out:
-// Prometheus treats them as absent.
-func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string) *targetgroup.Group {
-	return groupOf(name, instanceLabels(entries, tagSeparator))
-}
-
 // instanceLabels returns the labels of each instance.
 func instanceLabels(entries []*api.ServiceEntry, tagSeparator string) [][]labelPair {
 	instances := make([][]labelPair, len(entries))
@@ -193,7 +182,13 @@ func holds(g *targetgroup.Group, instances [][]labelPair) bool {
 	return true
 }
 
-// groupOf builds a group from each instance's labels, as serviceGroup does.
+// groupOf builds the target group of one service from each instance's
+// labels. Labels that every instance has, with the same value, go on the
+// group once; each target keeps only its own. The Manager and the file see
+// the same thing either way (a target's labels are merged over its
+// group's), but the per-target maps are most of the adapter's memory, and a
+// Go map of up to 8 entries takes about a quarter of one of 17. Empty
+// labels are left out: Prometheus treats them as absent.
 func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(instances))}
 	var shared []labelPair

@@ -232,3 +232,9 @@ func TestHolds(t *testing.T) {
 		}
 	}
 }
+
+// serviceGroup builds a service's group as a round does when the service is
+// new or changed.
+func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string) *targetgroup.Group {
+	return groupOf(name, instanceLabels(entries, tagSeparator))
+}
