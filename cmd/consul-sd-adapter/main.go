@@ -43,12 +43,14 @@ const (
 	exitUsage   = 2
 )
 
-// defaultGOGC is the garbage collector's target when $GOGC is unset, as in
-// Prometheus: the heap may grow by 75% over live data between collections
-// instead of Go's 100%. At 100,000 targets the live data is the targets
-// themselves, so this takes a fifth off the peak memory for a few percent
-// more CPU.
-const defaultGOGC = 75
+// defaultGOGC is the garbage collector's target when $GOGC is unset: the
+// heap may grow by 50% over live data between collections instead of Go's
+// 100% (Prometheus itself uses 75%). The live data is the targets, which
+// stay, while a full round makes a lot of short-lived garbage decoding
+// Consul's answers. At 100,000 targets, through full rounds, 50 instead of
+// 75 took the daemon's peak RSS from about 160 MB to 136 MB for 14% more
+// CPU in those rounds; quiet rounds allocate little and hardly notice.
+const defaultGOGC = 50
 
 func main() {
 	if os.Getenv("GOGC") == "" {
