@@ -84,19 +84,6 @@ func (f *AtomicFile) Commit() (err error) {
 	return syncDir(filepath.Dir(f.path))
 }
 
-// WriteFileAtomic replaces path with data, as AtomicFile does.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := CreateAtomic(path, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Abort()
-		return err
-	}
-	return f.Commit()
-}
-
 // Digest identifies a file's content: its size and a 64-bit hash with a
 // per-process seed, enough to tell whether a rendering equals what the file
 // holds without keeping the file in memory.

@@ -117,3 +117,16 @@ func TestRemoveStaleTemps(t *testing.T) {
 		t.Errorf("left %v, want %v", left, keep)
 	}
 }
+
+// WriteFileAtomic replaces path with data through an AtomicFile.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := CreateAtomic(path, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Abort()
+		return err
+	}
+	return f.Commit()
+}
