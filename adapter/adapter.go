@@ -65,7 +65,7 @@ type Adapter struct {
 // copy would take as much memory again as the groups, which the discovery
 // Manager holds anyway. http_sd and the status page render on request.
 type Snapshot struct {
-	// Groups are in file order (SortGroups).
+	// Groups are as the Manager sent them; Write and Entries order them.
 	Groups []*targetgroup.Group
 	// Updated is when the snapshot was taken; Written when the file last changed.
 	Updated, Written time.Time
@@ -150,7 +150,6 @@ func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
 // renders straight into the next file: when that turns out to be what the
 // file already holds, the temporary file is dropped unsynced.
 func (a *Adapter) Update(groups []*targetgroup.Group) error {
-	groups = SortGroups(groups)
 	f, err := CreateAtomic(a.path, a.mode)
 	if err == nil {
 		if err = Write(f, groups, a.format); err != nil {

@@ -99,9 +99,10 @@ type digester struct {
 
 func (d *digester) init() { d.h.SetSeed(hashSeed) }
 
-func (d *digester) Write(p []byte) {
+func (d *digester) Write(p []byte) (int, error) {
 	d.h.Write(p)
 	d.size += int64(len(p))
+	return len(p), nil
 }
 
 func (d *digester) digest() Digest { return Digest{Size: d.size, Hash: d.h.Sum64()} }
@@ -115,17 +116,10 @@ func FileDigest(path string) (Digest, error) {
 	defer f.Close()
 	var d digester
 	d.init()
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := f.Read(buf)
-		d.Write(buf[:n])
-		if err == io.EOF {
-			return d.digest(), nil
-		}
-		if err != nil {
-			return Digest{}, err
-		}
+	if _, err := io.Copy(&d, f); err != nil {
+		return Digest{}, err
 	}
+	return d.digest(), nil
 }
 
 // syncDir makes a rename in dir durable.

@@ -47,10 +47,10 @@ func (e *Entry) LabelSet() model.LabelSet {
 	return ls
 }
 
-// SortGroups returns groups in file order, by source, without nils. The
+// sortGroups returns groups in file order, by source, without nils. The
 // groups themselves are shared, not copied: like the discovery Manager, the
 // adapter relies on a Discoverer never changing a group it has sent.
-func SortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
+func sortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
 	sorted := make([]*targetgroup.Group, 0, len(groups))
 	for _, g := range groups {
 		if g != nil {
@@ -67,16 +67,14 @@ func SortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
 func Entries(groups []*targetgroup.Group) []Entry {
 	var entries []Entry
 	var c converter
-	for _, g := range SortGroups(groups) {
-		c.group(g, func(targets []string, labels []label) error {
-			e := Entry{Targets: slices.Clone(targets), Labels: make([]Label, len(labels))}
-			for i, l := range labels {
-				e.Labels[i] = Label{Name: c.names.list[l.id].name, Value: l.value}
-			}
-			entries = append(entries, e)
-			return nil
-		})
-	}
+	c.each(groups, func(targets []string, labels []label) error {
+		e := Entry{Targets: slices.Clone(targets), Labels: make([]Label, len(labels))}
+		for i, l := range labels {
+			e.Labels[i] = Label{Name: c.names.list[l.id].name, Value: l.value}
+		}
+		entries = append(entries, e)
+		return nil
+	})
 	return entries
 }
 
@@ -166,6 +164,17 @@ type pendingEntry struct {
 // linearLimit is the group size up to which a target's labels are compared
 // with every entry before it; above it, hashing them is cheaper.
 const linearLimit = 16
+
+// each calls fn for every entry of groups, in file order: groups by
+// source, then each group's entries by first target.
+func (c *converter) each(groups []*targetgroup.Group, fn func(targets []string, labels []label) error) error {
+	for _, g := range sortGroups(groups) {
+		if err := c.group(g, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // group calls fn for each entry of g, ordered by first target. The slices
 // fn gets are only valid during the call.
@@ -380,10 +389,8 @@ func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
 		_, err := w.Write(buf)
 		return err
 	}
-	for _, g := range SortGroups(groups) {
-		if err := c.group(g, writeEntry); err != nil {
-			return err
-		}
+	if err := c.each(groups, writeEntry); err != nil {
+		return err
 	}
 	end := "\n]\n"
 	if n == 0 {

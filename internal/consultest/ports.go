@@ -35,9 +35,10 @@ func freePorts() (p ports, err error) {
 			c.Close()
 		}
 	}()
+	high := ephemeralStart()
 	pick := func(udpToo bool) (int, error) {
 		for range 50 {
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(lowPort+rand.IntN(ephemeralStart()-lowPort))))
+			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(lowPort+rand.IntN(high-lowPort))))
 			if err != nil {
 				continue // in use
 			}
