@@ -74,6 +74,9 @@ type Config struct {
 	// Watch keeps blocking queries open on the catalog so that a change
 	// starts a round at once instead of at the next tick.
 	Watch bool
+	// WatchMode says what the watch holds blocking queries on: WatchAuto,
+	// WatchServices or WatchTables.
+	WatchMode string
 	// MinRoundInterval is the least time between two rounds woken by the
 	// watch: a cluster in constant churn cannot make the adapter spin.
 	MinRoundInterval time.Duration
@@ -90,6 +93,7 @@ var DefaultConfig = Config{
 	// below Consul's default limit of 200 connections per client.
 	MaxConcurrency: 32,
 	Watch:          true,
+	WatchMode:      WatchAuto,
 	// Short enough that a change reaches the file well within a second.
 	MinRoundInterval: 200 * time.Millisecond,
 }
@@ -97,10 +101,13 @@ var DefaultConfig = Config{
 // Discovery is a discovery.Discoverer for Consul services.
 type Discovery struct {
 	client      *api.Client // the round's
-	watchClient *api.Client // the watch's blocking queries
-	cfg         Config
-	logger      log.Logger
-	metrics     *metrics
+	watchClient *api.Client // the watch's blocking queries on tables and the service list
+	// serviceWatchClient holds the per-service watch's blocking queries,
+	// multiplexed over HTTP/2; nil in the tables watch mode.
+	serviceWatchClient *api.Client
+	cfg                Config
+	logger             log.Logger
+	metrics            *metrics
 
 	// What the last successful round saw, so that the next one can tell
 	// whether anything changed and which services have gone. Only Refresh
@@ -136,6 +143,21 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if cfg.Watch && cfg.MinRoundInterval <= 0 {
 		return nil, errors.New("minimum round interval must be positive")
 	}
+	https := usesHTTPS(clientConfig(cfg))
+	switch cfg.WatchMode {
+	case "", WatchAuto:
+		cfg.WatchMode = WatchTables
+		if https {
+			cfg.WatchMode = WatchServices
+		}
+	case WatchServices:
+		if !https {
+			return nil, errNeedsHTTP2
+		}
+	case WatchTables:
+	default:
+		return nil, fmt.Errorf("unknown watch mode %q", cfg.WatchMode)
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -154,12 +176,21 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if err != nil {
 		return nil, err
 	}
-	return &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}, nil
+	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}
+	if cfg.Watch && cfg.WatchMode == WatchServices {
+		// Kept alive: HTTP/2 carries every service's query on a few
+		// connections. After an agent restart the list watch, on its
+		// own fresh connections, notices and starts every query over.
+		if d.serviceWatchClient, err = newClient(cfg, m, serviceWatchConns, true); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
 }
 
-// newClient builds a Consul client, from the environment first and flags on
-// top, with at most conns connections.
-func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, error) {
+// clientConfig returns the Consul client configuration: the environment
+// first, the flags on top.
+func clientConfig(cfg Config) *api.Config {
 	conf := api.DefaultConfig()
 	set := func(dst *string, v string) {
 		if v != "" {
@@ -177,6 +208,22 @@ func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, 
 	if cfg.InsecureSkipVerify {
 		conf.TLSConfig.InsecureSkipVerify = true
 	}
+	return conf
+}
+
+// usesHTTPS reports whether the client talks HTTPS to Consul. As
+// api.NewClient reads it, a scheme in the address wins over the setting.
+func usesHTTPS(conf *api.Config) bool {
+	if scheme, _, ok := strings.Cut(conf.Address, "://"); ok {
+		return scheme == "https"
+	}
+	return conf.Scheme == "https"
+}
+
+// newClient builds a Consul client, from the environment first and flags on
+// top, with at most conns connections.
+func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, error) {
+	conf := clientConfig(cfg)
 
 	conf.Transport.MaxIdleConnsPerHost = conns
 	conf.Transport.MaxConnsPerHost = conns
@@ -202,6 +249,10 @@ func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, 
 // until ctx ends, sending each successful snapshot on ch. After a failure it
 // retries sooner, with backoff and jitter.
 func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
+	if d.serviceWatchClient != nil {
+		d.runServices(ctx, ch)
+		return
+	}
 	wake := make(chan struct{}, 1)
 	stopWatch := func() {}
 	if d.cfg.Watch {

@@ -106,6 +106,8 @@ func run(args []string) int {
 		Default(strconv.Itoa(cfg.MaxConcurrency)).IntVar(&cfg.MaxConcurrency)
 	app.Flag("consul.watch", "Keep blocking queries open on the catalog so that a change is written at once, not at the next refresh.").
 		Default(strconv.FormatBool(cfg.Watch)).BoolVar(&cfg.Watch)
+	app.Flag("consul.watch-mode", "What the watch holds blocking queries on: services (one per service, multiplexed over HTTP/2: a change costs one request; needs HTTPS), tables (three, on the catalog's tables: a change wakes a round), or auto (services over HTTPS, else tables).").
+		Default(cfg.WatchMode).EnumVar(&cfg.WatchMode, consulsd.WatchAuto, consulsd.WatchServices, consulsd.WatchTables)
 	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
 		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)

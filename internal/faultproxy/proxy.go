@@ -24,7 +24,8 @@ import (
 type Proxy struct {
 	// Addr is the host:port the proxy listens on (on 127.0.0.1).
 	Addr string
-	// URL is the proxy's base URL, "http://" + Addr.
+	// URL is the proxy's base URL, "http://" + Addr ("https://" with
+	// StartTLS).
 	URL string
 
 	srv       *httptest.Server
@@ -40,6 +41,8 @@ type Proxy struct {
 	counts map[string]int
 	total  int
 	gzip   int // requests that accepted a gzipped answer
+	conns  int // client connections open now
+	peak   int // most client connections open at once
 }
 
 // Start starts a proxy to target, as New does, and closes it when the test
@@ -58,7 +61,26 @@ func Start(t testing.TB, target string) *Proxy {
 // ("http://host:port"; for "https://" the agent's certificate is not
 // verified, the proxy itself always serves plain HTTP). The caller closes
 // it. Tests use Start.
-func New(target string) (*Proxy, error) {
+func New(target string) (*Proxy, error) { return newProxy(target, false) }
+
+// StartTLS is Start for a proxy that serves HTTPS with HTTP/2, as Consul's
+// HTTPS API does, with httptest's self-signed certificate: clients skip
+// verification. It talks HTTP/2 to an https target too, so that a client's
+// multiplexed queries stay multiplexed on the way to the agent.
+func StartTLS(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p, err := NewTLS(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// NewTLS is New for StartTLS.
+func NewTLS(target string) (*Proxy, error) { return newProxy(target, true) }
+
+func newProxy(target string, serveTLS bool) (*Proxy, error) {
 	if !strings.Contains(target, "://") {
 		target = "http://" + target
 	}
@@ -82,6 +104,7 @@ func New(target string) (*Proxy, error) {
 	}
 	if u.Scheme == "https" {
 		p.transport.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // loopback test agent
+		p.transport.ForceAttemptHTTP2 = true
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -98,11 +121,36 @@ func New(target string) (*Proxy, error) {
 	}
 	// httptest.Server rather than http.Server: its Close waits for every
 	// handler to return. Its own listener would panic on failure.
-	p.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(p.serve)}}
-	p.srv.Start()
+	p.srv = &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(p.serve), ConnState: p.connState}}
+	if serveTLS {
+		p.srv.EnableHTTP2 = true
+		p.srv.StartTLS()
+	} else {
+		p.srv.Start()
+	}
 	p.URL = p.srv.URL
-	p.Addr = strings.TrimPrefix(p.srv.URL, "http://")
+	_, p.Addr, _ = strings.Cut(p.srv.URL, "://")
 	return p, nil
+}
+
+// connState counts the client connections open at once.
+func (p *Proxy) connState(_ net.Conn, state http.ConnState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch state {
+	case http.StateNew:
+		p.conns++
+		p.peak = max(p.peak, p.conns)
+	case http.StateClosed, http.StateHijacked:
+		p.conns--
+	}
+}
+
+// PeakConns returns the most client connections that were open at once.
+func (p *Proxy) PeakConns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.peak
 }
 
 // Close stops the proxy: it drops held and in-flight requests, closes all

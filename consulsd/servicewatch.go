@@ -1,0 +1,334 @@
+package consulsd
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+	"golang.org/x/time/rate"
+)
+
+// Watch modes, the values of Config.WatchMode.
+const (
+	// WatchAuto watches every service where Consul multiplexes the queries
+	// (HTTPS, which Consul serves over HTTP/2), and the catalog's tables
+	// otherwise.
+	WatchAuto = "auto"
+	// WatchServices holds one blocking query per service: a change costs
+	// one request, for the service that changed, at any catalog size.
+	WatchServices = "services"
+	// WatchTables holds one blocking query per catalog table; a change wakes
+	// a round.
+	WatchTables = "tables"
+)
+
+// serviceWaitMin and serviceWaitMax spread the waits of the per-service
+// blocking queries. Consul holds a query at most 10 minutes; queries started
+// together would otherwise time out, and be re-issued, together.
+const (
+	serviceWaitMin = 5 * time.Minute
+	serviceWaitMax = 10 * time.Minute
+)
+
+// serviceWatchConns bounds the connections of the per-service watch. Over
+// HTTP/2 Consul takes 250 queries on one connection, so this holds 32,000
+// services, well below Consul's limit of 200 connections per client.
+const serviceWatchConns = 128
+
+// errNeedsHTTP2 is returned by New when the per-service watch is asked for
+// over plain HTTP, where every parked query would hold its own connection.
+var errNeedsHTTP2 = errors.New("the per-service watch needs HTTPS (HTTP/2): over plain HTTP every service would hold a connection of its own, and Consul refuses a client past 200; use the tables watch mode or HTTPS")
+
+// serviceAnswer is one service's answer, as its watch sends it to the loop.
+type serviceAnswer struct {
+	name  string
+	gen   uint64             // the watch that sent it; stale ones are dropped
+	group *targetgroup.Group // nil with err
+	err   error
+}
+
+// serviceList is one answer of the service list watch.
+type serviceList struct {
+	names []string
+	// restart asks for every service watch to start over: the list watch
+	// failed or Consul's index went backwards, so Consul may have
+	// restarted, and parked queries may wait on indexes it no longer has.
+	restart bool
+}
+
+// watchedService is a service the loop keeps a blocking query on.
+type watchedService struct {
+	gen   uint64
+	stop  context.CancelFunc
+	group *targetgroup.Group // nil until its first successful answer
+}
+
+// runServices is Run in the per-service watch mode. The loop alone owns the
+// groups; watches send it answers. The first snapshot goes out once every
+// listed service has answered; after that each change sends the groups that
+// changed. A failing service keeps its last group, and a new service joins
+// only with a successful answer, so a fault never deletes targets.
+func (d *Discovery) runServices(ctx context.Context, ch chan<- []*targetgroup.Group) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lists := make(chan serviceList)
+	answers := make(chan serviceAnswer)
+	go d.watchServiceList(ctx, lists)
+
+	// Bounds the queries that answer at once (the first of each service,
+	// and those after an error); parked ones do not hold a slot.
+	slots := make(chan struct{}, d.cfg.MaxConcurrency)
+	watched := map[string]*watchedService{}
+	unanswered := 0 // watched services without a group yet
+	var gen uint64
+	start := func(name string, group *targetgroup.Group) {
+		wctx, stop := context.WithCancel(ctx)
+		gen++
+		watched[name] = &watchedService{gen: gen, stop: stop, group: group}
+		if group == nil {
+			unanswered++
+		}
+		go d.watchService(wctx, name, gen, slots, answers)
+	}
+
+	// A token bucket, as in Run: one change goes out at once, a storm of
+	// them at most once per MinRoundInterval, batched.
+	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
+	send := time.NewTimer(time.Hour)
+	send.Stop()
+	pending := map[string]*targetgroup.Group{} // changed since the last send
+	listed, sentOnce, waiting, due := false, false, false, false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case l := <-lists:
+			listed = true
+			current := make(map[string]struct{}, len(l.names))
+			for _, name := range l.names {
+				current[name] = struct{}{}
+				switch w := watched[name]; {
+				case w == nil:
+					start(name, nil)
+				case l.restart:
+					w.stop()
+					start(name, w.group)
+				}
+			}
+			for name, w := range watched {
+				if _, ok := current[name]; ok {
+					continue
+				}
+				w.stop()
+				delete(watched, name)
+				if w.group == nil {
+					unanswered--
+				} else {
+					// The Manager keeps a group until it gets an empty one.
+					pending[name] = &targetgroup.Group{Source: name}
+				}
+			}
+		case a := <-answers:
+			w := watched[a.name]
+			if w == nil || w.gen != a.gen {
+				continue // from a watch stopped since
+			}
+			if a.err != nil {
+				d.metrics.refreshes.WithLabelValues("failure").Inc()
+				d.metrics.failures.WithLabelValues(failureReason(a.err)).Inc()
+				d.status.record(a.err, 0, 0)
+				level.Warn(d.logger).Log("msg", "Querying a service failed, keeping its targets", "service", a.name, "err", a.err)
+				continue
+			}
+			if w.group == nil {
+				unanswered--
+			}
+			w.group = a.group
+			pending[a.name] = a.group
+		case <-send.C:
+			waiting, due = false, true
+		}
+
+		// Nothing goes out before every listed service has answered once:
+		// the same all or nothing as a round's.
+		if !listed || unanswered > 0 || (sentOnce && len(pending) == 0) {
+			due = due && unanswered > 0
+			continue
+		}
+		if !due {
+			if !waiting {
+				waiting = true
+				send.Reset(limiter.Reserve().Delay())
+			}
+			continue
+		}
+		due = false
+		groups := make([]*targetgroup.Group, 0, len(pending))
+		if !sentOnce {
+			for _, w := range watched {
+				groups = append(groups, w.group)
+			}
+		}
+		for name, g := range pending {
+			if sentOnce || watched[name] == nil {
+				groups = append(groups, g)
+			}
+		}
+		select {
+		case ch <- groups:
+		case <-ctx.Done():
+			return
+		}
+		sentOnce = true
+		clear(pending)
+		d.recordWatched(watched)
+	}
+}
+
+// recordWatched updates the metrics and status after a send.
+func (d *Discovery) recordWatched(watched map[string]*watchedService) {
+	targets := 0
+	for _, w := range watched {
+		if w.group != nil {
+			targets += len(w.group.Targets)
+		}
+	}
+	d.metrics.refreshes.WithLabelValues("success").Inc()
+	d.metrics.lastSuccess.SetToCurrentTime()
+	d.metrics.services.Set(float64(len(watched)))
+	d.metrics.targets.Set(float64(targets))
+	d.status.record(nil, len(watched), targets)
+}
+
+// watchServiceList follows the list of services with a blocking query and
+// sends the wanted names whenever the list's index moves.
+func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceList) {
+	var index uint64
+	failures := 0
+	restart := false
+	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
+	for limiter.Wait(ctx) == nil {
+		rctx, cancel := context.WithTimeout(ctx, watchWait+watchWait/16+d.cfg.RequestTimeout)
+		opts := d.queryOptions(rctx)
+		opts.WaitIndex, opts.WaitTime = index, watchWait
+		services, meta, err := d.watchClient.Catalog().Services(opts)
+		cancel()
+		if err == nil && len(services) == 0 {
+			err = errACLFiltered
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			index, restart = 0, true
+			failures++
+			delay := retryDelay(failures, d.cfg.RefreshInterval)
+			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
+			d.status.record(err, 0, 0)
+			level.Warn(d.logger).Log("msg", "Listing services failed, keeping the targets", "err", err, "retry_in", delay)
+			if !sleep(ctx, delay) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		next := max(meta.LastIndex, 1)
+		if index != 0 && next == index {
+			continue
+		}
+		// Went backwards: Consul lost state (a restart, a restored
+		// snapshot), and parked queries may wait for indexes it lacks.
+		restart = restart || next < index
+		names := make([]string, 0, len(services))
+		for name, tags := range services {
+			if d.wanted(name, tags) {
+				names = append(names, name)
+			}
+		}
+		select {
+		case lists <- serviceList{names: names, restart: restart}:
+		case <-ctx.Done():
+			return
+		}
+		index, restart = next, false
+	}
+}
+
+// watchService keeps a blocking query on one service's instances, the same
+// query a round makes, and sends the service's group whenever Consul's
+// index for the service moves: registrations, deregistrations, health, tags,
+// meta and the service's nodes all move it, other services' changes do not.
+func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, slots chan struct{}, answers chan<- serviceAnswer) {
+	var (
+		index    uint64
+		last     *targetgroup.Group
+		failures int
+	)
+	// A query that keeps returning at once (an index stuck below the
+	// server's) must not become a hot loop.
+	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
+	wait := serviceWaitMin + rand.N(serviceWaitMax-serviceWaitMin)
+	for limiter.Wait(ctx) == nil {
+		if index == 0 {
+			// An answer at once: take a slot of the bounded concurrency.
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		// Consul answers at once without an index: then the request
+		// timeout applies, as in a round.
+		timeout := d.cfg.RequestTimeout
+		if index != 0 {
+			timeout += wait + wait/16
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		opts := d.queryOptions(rctx)
+		opts.Filter = d.cfg.Filter
+		opts.WaitIndex, opts.WaitTime = index, wait
+		entries, meta, err := d.serviceWatchClient.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
+		cancel()
+		if index == 0 {
+			<-slots
+		}
+		if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
+			err = errACLFiltered
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			select {
+			case answers <- serviceAnswer{name: name, gen: gen, err: err}:
+			case <-ctx.Done():
+				return
+			}
+			index = 0
+			failures++
+			if !sleep(ctx, retryDelay(failures, d.cfg.RefreshInterval)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		next := max(meta.LastIndex, 1)
+		if index != 0 && next == index {
+			continue // the wait ended with nothing new
+		}
+		index = next
+		instances := instanceLabels(entries, d.cfg.TagSeparator)
+		if last != nil && holds(last, instances) {
+			continue // the index moved, the labels did not (a check's output)
+		}
+		last = groupOf(name, instances)
+		select {
+		case answers <- serviceAnswer{name: name, gen: gen, group: last}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

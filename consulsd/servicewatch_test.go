@@ -1,0 +1,251 @@
+package consulsd_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
+)
+
+// follower applies what a running Discovery sends, as the Manager does:
+// each group replaces the one with its source.
+type follower struct {
+	ch     chan []*targetgroup.Group
+	groups map[string]*targetgroup.Group
+	sends  int
+}
+
+func follow(t *testing.T, d *consulsd.Discovery) *follower {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	f := &follower{ch: make(chan []*targetgroup.Group), groups: map[string]*targetgroup.Group{}}
+	go func() {
+		defer close(done)
+		d.Run(ctx, f.ch)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return f
+}
+
+// until applies sends until cond holds, failing the test after hangGuard.
+func (f *follower) until(t *testing.T, what string, cond func(map[string]*targetgroup.Group) bool) {
+	t.Helper()
+	guard := time.After(hangGuard)
+	for !cond(f.groups) {
+		select {
+		case groups := <-f.ch:
+			f.sends++
+			for _, g := range groups {
+				f.groups[g.Source] = g
+			}
+		case <-guard:
+			for _, g := range f.groups {
+				t.Logf("%s: %v", g.Source, byNode(g))
+			}
+			t.Fatalf("no snapshot with %s; have %v", what, f.groups)
+		}
+	}
+}
+
+// label returns a label of the target on node in group g.
+func label(g *targetgroup.Group, node, name string) string {
+	return string(byNode(g)[node][model.LabelName(name)])
+}
+
+// TestServiceWatchQueriesOnlyTheChangedService drives every kind of change
+// through a Discovery in the per-service watch mode, over HTTP/2, and
+// checks that each reaches the snapshot while the services that did not
+// change are never queried again.
+func TestServiceWatchQueriesOnlyTheChangedService(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	web := func(n int) consultest.Instance {
+		return consultest.Instance{Node: fmt.Sprintf("node-%d", n), Service: "web", Port: 8080, Health: "passing", Tags: []string{"a"}}
+	}
+	db := consultest.Instance{Node: "node-db", Service: "db", Port: 5432, Health: "passing"}
+	agent.RegisterInstance(t, web(1))
+	agent.RegisterInstance(t, web(2))
+	agent.RegisterInstance(t, db)
+
+	d, _ := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+		c.WatchMode = consulsd.WatchServices
+		c.InsecureSkipVerify = true
+		c.RefreshInterval = time.Hour // no round may stand in for the watch
+	})
+	f := follow(t, d)
+	f.until(t, "web and db", func(g map[string]*targetgroup.Group) bool {
+		return g["web"] != nil && len(g["web"].Targets) == 2 && g["db"] != nil
+	})
+
+	const dbPath, webPath = "/v1/health/service/db", "/v1/health/service/web"
+	// Each service's first query answers, the second is parked.
+	waitFor(t, "db's blocking query", func() bool { return proxy.Requests(dbPath) == 2 })
+	steps := []struct {
+		name   string
+		change func()
+		seen   func(map[string]*targetgroup.Group) bool
+	}{
+		{"health flip", func() { agent.SetHealth(t, web(1), "critical") },
+			func(g map[string]*targetgroup.Group) bool {
+				return label(g["web"], "node-1", "__meta_consul_health") == "critical"
+			}},
+		{"new instance", func() { agent.RegisterInstance(t, web(3)) },
+			func(g map[string]*targetgroup.Group) bool { return len(g["web"].Targets) == 3 }},
+		{"deregistered instance", func() { agent.DeregisterInstance(t, "node-3", "web") },
+			func(g map[string]*targetgroup.Group) bool { return len(g["web"].Targets) == 2 }},
+		{"node meta", func() {
+			inst := web(2)
+			inst.NodeMeta = map[string]string{"rack": "r9"}
+			agent.RegisterInstance(t, inst)
+		}, func(g map[string]*targetgroup.Group) bool {
+			return label(g["web"], "node-2", "__meta_consul_metadata_rack") == "r9"
+		}},
+		{"service tags and meta", func() {
+			inst := web(2)
+			inst.NodeMeta = map[string]string{"rack": "r9"}
+			inst.Tags, inst.Meta = []string{"b"}, map[string]string{"version": "2"}
+			agent.RegisterInstance(t, inst)
+		}, func(g map[string]*targetgroup.Group) bool {
+			return label(g["web"], "node-2", "__meta_consul_tags") == ",b," &&
+				label(g["web"], "node-2", "__meta_consul_service_metadata_version") == "2"
+		}},
+		// Consul's api (and so Prometheus) reports a maintenance check as
+		// "maintenance", worse than critical.
+		{"maintenance on", func() { setMaintenance(t, agent, "node-2", "web", true) },
+			func(g map[string]*targetgroup.Group) bool {
+				return label(g["web"], "node-2", "__meta_consul_health") == "maintenance"
+			}},
+		{"maintenance off", func() { setMaintenance(t, agent, "node-2", "web", false) },
+			func(g map[string]*targetgroup.Group) bool {
+				return label(g["web"], "node-2", "__meta_consul_health") == "passing"
+			}},
+		{"new service", func() { agent.RegisterInstance(t, consultest.Instance{Node: "node-1", Service: "cache", Port: 6379}) },
+			func(g map[string]*targetgroup.Group) bool { return g["cache"] != nil && len(g["cache"].Targets) == 1 }},
+		{"removed service", func() { agent.DeregisterInstance(t, "node-1", "cache") },
+			func(g map[string]*targetgroup.Group) bool { return g["cache"] != nil && len(g["cache"].Targets) == 0 }},
+	}
+	for _, s := range steps {
+		dbBefore, webBefore := proxy.Requests(dbPath), proxy.Requests(webPath)
+		s.change()
+		f.until(t, s.name, s.seen)
+		if n := proxy.Requests(dbPath) - dbBefore; n != 0 {
+			t.Errorf("%s: db was queried %d times, want 0: it did not change", s.name, n)
+		}
+		// The parked query returns with the change and is issued again;
+		// "new service" and "removed service" do not touch web at all, a
+		// node change on node-1 may.
+		if n := proxy.Requests(webPath) - webBefore; n > 2 {
+			t.Errorf("%s: web was queried %d times, want at most 2", s.name, n)
+		}
+	}
+	if got := proxy.Requests(dbPath); got != 2 {
+		t.Errorf("db was queried %d times in all, want 2: its blocking query never had to return", got)
+	}
+}
+
+// setMaintenance puts an instance into maintenance as `consul maint` does:
+// a critical check with the reserved maintenance ID.
+func setMaintenance(t *testing.T, agent *consultest.Agent, node, serviceID string, on bool) {
+	t.Helper()
+	id := "_service_maintenance:" + serviceID
+	var err error
+	if on {
+		_, err = agent.Client.Catalog().Register(&api.CatalogRegistration{
+			Node: node, SkipNodeUpdate: true,
+			Check: &api.AgentCheck{Node: node, CheckID: id, Name: "Service Maintenance Mode", Status: api.HealthCritical, ServiceID: serviceID},
+		}, nil)
+	} else {
+		_, err = agent.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: node, CheckID: id}, nil)
+	}
+	if err != nil {
+		t.Fatalf("maintenance %v on %s/%s: %v", on, node, serviceID, err)
+	}
+}
+
+// TestServiceWatchKeepsTargetsOfAFailingService checks the all-or-nothing
+// rule of the per-service watch: nothing goes out before every service has
+// answered, and a service whose query fails keeps its targets while other
+// services' changes go on.
+func TestServiceWatchKeepsTargetsOfAFailingService(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	agent.RegisterInstance(t, consultest.Instance{Node: "node-1", Service: "web", Port: 80, Health: "passing"})
+	agent.RegisterInstance(t, consultest.Instance{Node: "node-2", Service: "db", Port: 5432, Health: "passing"})
+	const dbPath = "/v1/health/service/db"
+	proxy.Set(dbPath, faultproxy.Status500)
+
+	d, reg := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+		c.WatchMode = consulsd.WatchServices
+		c.InsecureSkipVerify = true
+		c.RefreshInterval = time.Hour
+	})
+	f := follow(t, d)
+	// db keeps failing: its watch retries after a backoff.
+	waitFor(t, "db's query to be retried", func() bool { return proxy.Requests(dbPath) >= 2 })
+	proxy.Clear(dbPath)
+	f.until(t, "the first snapshot", func(g map[string]*targetgroup.Group) bool { return len(g) > 0 })
+	if f.groups["db"] == nil || f.groups["web"] == nil {
+		t.Fatalf("first snapshot %v, want both web and db: it went out before db answered", f.groups)
+	}
+	if got := failures(t, reg, "http_status"); got < 2 {
+		t.Errorf("http_status failures = %v, want at least 2", got)
+	}
+
+	// db fails again; web's changes still arrive, db keeps its target.
+	proxy.Set(dbPath, faultproxy.Status500)
+	agent.RegisterInstance(t, consultest.Instance{Node: "node-2", Service: "db", Port: 5433, Health: "passing"})
+	waitFor(t, "db's failing query", func() bool { return proxy.Requests(dbPath) >= 4 })
+	agent.SetHealth(t, consultest.Instance{Node: "node-1", Service: "web"}, "critical")
+	f.until(t, "web critical", func(g map[string]*targetgroup.Group) bool {
+		return label(g["web"], "node-1", "__meta_consul_health") == "critical"
+	})
+	if got := label(f.groups["db"], "node-2", "__meta_consul_service_port"); got != "5432" {
+		t.Errorf("db's port = %q while its query fails, want the last good 5432", got)
+	}
+	proxy.Clear(dbPath)
+	f.until(t, "db's new port once it answers", func(g map[string]*targetgroup.Group) bool {
+		return label(g["db"], "node-2", "__meta_consul_service_port") == "5433"
+	})
+}
+
+// TestServiceWatchNeedsHTTPS: over plain HTTP every parked query would hold
+// a connection, so asking for the per-service watch there is an error, and
+// auto picks it only over HTTPS.
+func TestServiceWatchNeedsHTTPS(t *testing.T) {
+	cfg := consulsd.DefaultConfig
+	cfg.Address = "127.0.0.1:8500"
+	cfg.WatchMode = consulsd.WatchServices
+	if _, err := consulsd.New(cfg, log.NewNopLogger(), prometheus.NewRegistry()); err == nil || !strings.Contains(err.Error(), "HTTPS") {
+		t.Errorf("services watch over plain HTTP: err = %v, want one that says it needs HTTPS", err)
+	}
+	cfg.Address = "https://127.0.0.1:8501"
+	if _, err := consulsd.New(cfg, log.NewNopLogger(), prometheus.NewRegistry()); err != nil {
+		t.Errorf("services watch over HTTPS: %v", err)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after hangGuard.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
