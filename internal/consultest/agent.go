@@ -40,6 +40,8 @@ type Agent struct {
 	// Addr is the host:port of the HTTP API (of the HTTPS API with
 	// WithTLS). It is unchanged by Restart.
 	Addr string
+	// HTTPSAddr is the host:port of the HTTPS API with WithHTTPS.
+	HTTPSAddr string
 	// Client talks to the agent. With WithACL it uses the management token.
 	Client *api.Client
 	// Node is the agent's own node name, unique per agent.
@@ -145,6 +147,9 @@ func (a *Agent) setup() error {
 	}
 	a.ports = p
 	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p.http))
+	if a.cfg.httpsToo {
+		a.HTTPSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p.https))
+	}
 
 	// A private transport, not http.DefaultTransport: Restart drops its
 	// idle connections, which point at the dead process.
@@ -154,7 +159,7 @@ func (a *Agent) setup() error {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	var tlsConf api.TLSConfig
-	if a.cfg.tls != nil {
+	if a.cfg.tls != nil && !a.cfg.httpsToo {
 		tlsConf.CAFile = a.cfg.tls.ca
 	}
 	hc, err := api.NewHttpClient(a.transport, tlsConf)
@@ -171,7 +176,7 @@ func (a *Agent) setup() error {
 }
 
 func (a *Agent) scheme() string {
-	if a.cfg.tls != nil {
+	if a.cfg.tls != nil && !a.cfg.httpsToo {
 		return "https"
 	}
 	return "http"
@@ -202,9 +207,12 @@ func (a *Agent) args() []string {
 		"-grpc-tls-port=-1",
 		"-dns-port=-1",
 	}
-	if a.cfg.tls != nil {
+	switch {
+	case a.cfg.httpsToo:
+		args = append(args, "-http-port="+strconv.Itoa(p.http), "-https-port="+strconv.Itoa(p.https))
+	case a.cfg.tls != nil:
 		args = append(args, "-http-port=-1", "-https-port="+strconv.Itoa(p.http))
-	} else {
+	default:
 		args = append(args, "-http-port="+strconv.Itoa(p.http))
 	}
 	for _, h := range a.cfg.hcl() {
@@ -327,6 +335,16 @@ func (a *Agent) Stop() {
 // tests of an agent that vanishes without closing connections cleanly.
 func (a *Agent) Kill() {
 	a.stop(syscall.SIGKILL)
+}
+
+// Pid returns the process ID of the running agent, 0 if none runs.
+func (a *Agent) Pid() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.proc == nil {
+		return 0
+	}
+	return a.proc.cmd.Process.Pid
 }
 
 func (a *Agent) stop(sig syscall.Signal) {

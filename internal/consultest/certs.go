@@ -20,19 +20,24 @@ import (
 // directory, for WithTLS. It returns the PEM file paths.
 func GenerateCerts(t testing.TB) (caFile, certFile, keyFile string) {
 	t.Helper()
-	dir := t.TempDir()
-	fail := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("consultest.GenerateCerts: %v", err)
-		}
+	caFile, certFile, keyFile, err := WriteCerts(t.TempDir())
+	if err != nil {
+		t.Fatalf("consultest.GenerateCerts: %v", err)
 	}
+	return caFile, certFile, keyFile
+}
+
+// WriteCerts is GenerateCerts for programs that are not tests (make bench):
+// it writes the files into dir.
+func WriteCerts(dir string) (caFile, certFile, keyFile string, err error) {
 	// Backdated so that clock skew cannot make them not yet valid.
 	notBefore := time.Now().Add(-time.Hour)
 	notAfter := time.Now().Add(24 * time.Hour)
 
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	fail(err)
+	if err != nil {
+		return "", "", "", err
+	}
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "consultest CA"},
@@ -43,12 +48,18 @@ func GenerateCerts(t testing.TB) (caFile, certFile, keyFile string) {
 		IsCA:                  true,
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	fail(err)
+	if err != nil {
+		return "", "", "", err
+	}
 	caCert, err := x509.ParseCertificate(caDER)
-	fail(err)
+	if err != nil {
+		return "", "", "", err
+	}
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	fail(err)
+	if err != nil {
+		return "", "", "", err
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "server.dc1.consul"},
@@ -62,17 +73,28 @@ func GenerateCerts(t testing.TB) (caFile, certFile, keyFile string) {
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	fail(err)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	fail(err)
-
-	write := func(name, typ string, der []byte) string {
-		t.Helper()
-		path := filepath.Join(dir, name)
-		fail(os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-		return path
+	if err != nil {
+		return "", "", "", err
 	}
-	return write("ca.pem", "CERTIFICATE", caDER),
-		write("server.pem", "CERTIFICATE", der),
-		write("server-key.pem", "PRIVATE KEY", keyDER)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", "", err
+	}
+
+	files := []struct {
+		name, typ string
+		der       []byte
+		path      *string
+	}{
+		{"ca.pem", "CERTIFICATE", caDER, &caFile},
+		{"server.pem", "CERTIFICATE", der, &certFile},
+		{"server-key.pem", "PRIVATE KEY", keyDER, &keyFile},
+	}
+	for _, f := range files {
+		*f.path = filepath.Join(dir, f.name)
+		if err := os.WriteFile(*f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
+			return "", "", "", err
+		}
+	}
+	return caFile, certFile, keyFile, nil
 }

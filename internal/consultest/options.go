@@ -8,6 +8,7 @@ type Option func(*config)
 type config struct {
 	aclToken string // initial management token; empty means ACLs off
 	tls      *tlsFiles
+	httpsToo bool     // serve HTTPS next to plain HTTP rather than instead
 	extra    []string // more -hcl fragments
 }
 
@@ -28,6 +29,17 @@ func WithACL(token string) Option {
 // Agent.Client trusts caFile. GenerateCerts creates suitable files.
 func WithTLS(caFile, certFile, keyFile string) Option {
 	return func(c *config) { c.tls = &tlsFiles{ca: caFile, cert: certFile, key: keyFile} }
+}
+
+// WithHTTPS serves the HTTP API over HTTPS (with HTTP/2, as every Consul
+// HTTPS listener) at Agent.HTTPSAddr, next to plain HTTP at Agent.Addr, so
+// that clients of both kinds can be measured against one catalog.
+// Agent.Client stays on plain HTTP.
+func WithHTTPS(caFile, certFile, keyFile string) Option {
+	return func(c *config) {
+		c.tls = &tlsFiles{ca: caFile, cert: certFile, key: keyFile}
+		c.httpsToo = true
+	}
 }
 
 // WithHCL adds a fragment of agent configuration, passed with -hcl, for

@@ -13,7 +13,8 @@ import (
 // ports are the loopback ports one agent listens on. They are chosen once
 // and kept across Restart so clients keep working on the same address.
 type ports struct {
-	http    int // HTTPS instead when TLS is on: only one API listener exists
+	http    int // HTTPS instead with WithTLS
+	https   int // with WithHTTPS: HTTPS next to plain HTTP
 	server  int
 	serfLAN int
 	serfWAN int
@@ -66,6 +67,7 @@ func freePorts() (p ports, err error) {
 		{&p.serfLAN, true},
 		{&p.serfWAN, true},
 		{&p.grpc, false},
+		{&p.https, false},
 	} {
 		if *f.dst, err = pick(f.udpToo); err != nil {
 			return ports{}, fmt.Errorf("picking free port: %w", err)
