@@ -26,10 +26,12 @@ const (
 )
 
 // serviceWaitMin and serviceWaitMax spread the waits of the per-service
-// blocking queries. Consul holds a query at most 10 minutes; queries started
-// together would otherwise time out, and be re-issued, together.
+// blocking queries. Consul holds a query at most 10 minutes (its
+// max_query_time), and a query that times out is issued again: on a quiet
+// catalog each service costs one request per wait. Queries started together
+// would otherwise also time out together.
 const (
-	serviceWaitMin = 5 * time.Minute
+	serviceWaitMin = 7*time.Minute + 30*time.Second
 	serviceWaitMax = 10 * time.Minute
 )
 
