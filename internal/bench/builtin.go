@@ -27,8 +27,9 @@ const builtinWatchTimeout = 2 * time.Minute
 // startBuiltin runs Prometheus's own Consul SD, configured as a
 // `consul_sd_configs: [{server: server}]` entry with all defaults, under a
 // discovery Manager with the given throttle, in this process. onSync gets
-// every update the Manager sends, with the time it arrived. It stops with sc.
-func startBuiltin(ctx context.Context, sc *scope, server string, updatert time.Duration, onSync func(time.Time, []*targetgroup.Group)) error {
+// every update the Manager sends, with the time it arrived. edits change
+// the configuration (the scheme, TLS). It stops with sc.
+func startBuiltin(ctx context.Context, sc *scope, server string, updatert time.Duration, onSync func(time.Time, []*targetgroup.Group), edits ...func(*promconsul.SDConfig)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	sc.cleanup(cancel)
 	reg := prometheus.NewRegistry()
@@ -43,6 +44,9 @@ func startBuiltin(ctx context.Context, sc *scope, server string, updatert time.D
 	}
 	cfg := promconsul.DefaultSDConfig
 	cfg.Server = server
+	for _, edit := range edits {
+		edit(&cfg)
+	}
 	if err := mgr.ApplyConfig(map[string]discovery.Configs{"consul": {&cfg}}); err != nil {
 		return err
 	}

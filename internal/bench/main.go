@@ -42,9 +42,13 @@ func run(args []string) int {
 		quiet         = fs.Duration("quiet", time.Minute, "how long the adapter is measured on the quiet cluster")
 		large         = fs.Bool("large", false, "also measure the adapter's peak RSS at -large-services x -instances targets")
 		largeServices = fs.Int("large-services", 20000, "services for -large")
-		only          = fs.String("only", "", "comma-separated subset to run: render, cold, quiet, prop, large (default all; large needs -large)")
+		churnServices = fs.Int("churn-services", 2000, "services in the catalog of the churn test")
+		churnLarge    = fs.Int("churn-large", 10000, "services in the larger catalog of the churn test (adapter only); 0 for none")
+		churnChanges  = fs.Int("churn-changes", 66, "changes in each churn window, one a second, cycling through every kind")
+		churnQuiet    = fs.Duration("churn-quiet", 30*time.Second, "quiet window before each churn window")
+		only          = fs.String("only", "", "comma-separated subset to run: render, cold, quiet, prop, churn, large (default all; large needs -large)")
 		out           = fs.String("out", "docs/benchmarks.md", "file to write the report to, relative to the module root; empty for none")
-		timeout       = fs.Duration("timeout", 40*time.Minute, "limit for the whole run")
+		timeout       = fs.Duration("timeout", 75*time.Minute, "limit for the whole run")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -180,6 +184,13 @@ func run(args []string) int {
 			}
 		}
 	}
+	if want("churn") {
+		rep.churn, rep.churnErr = within(func(sc *scope) ([]*churnResult, error) {
+			return runChurn(ctx, sc, consulBin, rep.bin, *churnServices, *churnLarge, *instances, *churnChanges, *churnQuiet)
+		})
+		logErr("churn", rep.churnErr)
+	}
+
 	sizes := slices.Sorted(maps.Keys(quietErr))
 	for _, n := range sizes {
 		rep.quiet = append(rep.quiet, quietRes[n])
@@ -194,6 +205,7 @@ func run(args []string) int {
 	}
 	fmt.Println()
 	fmt.Print(table)
+	fmt.Print(rep.churnTables())
 	if ctx.Err() != nil {
 		log.Printf("stopped early (%v): %s left as it was", context.Cause(ctx), *out)
 		return 1
@@ -240,6 +252,59 @@ func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*
 	}
 	log.Printf("registering %d services x %d instances", cat.services, cat.instances)
 	return a, cat.register(ctx, a.Client, 0)
+}
+
+// runChurn starts an agent that serves HTTP and HTTPS, measures every
+// observer under churn at services, then grows the catalog to large and
+// measures the adapter again.
+func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin, services, large, instances, changes int, quiet time.Duration) ([]*churnResult, error) {
+	ca, cert, key, err := consultest.WriteCerts(sc.dir)
+	if err != nil {
+		return nil, err
+	}
+	log.Print("starting consul agent bench-churn (HTTP and HTTPS)")
+	a, err := consultest.Launch(consulBin, sc.dir,
+		consultest.WithHTTPS(ca, cert, key),
+		consultest.WithHCL(fmt.Sprintf("limits { http_max_conns_per_client = %d }", maxConnsPerClient)),
+		consultest.WithHCL(`log_level = "info"`),
+	)
+	if a != nil {
+		sc.cleanup(a.Stop)
+	}
+	if err != nil {
+		return nil, err
+	}
+	adapterHTTP := churnObserver{name: "adapter, HTTP (tables watch)"}
+	adapterHTTPS := churnObserver{name: "adapter, HTTPS/HTTP2 (per-service watch)", https: true}
+	observers := []churnObserver{
+		adapterHTTP, adapterHTTPS,
+		{name: "built-in SD, HTTP", builtin: true},
+		{name: "built-in SD, HTTPS/HTTP2", builtin: true, https: true},
+	}
+	cat := catalog{services: services, instances: instances}
+	log.Printf("registering %d services x %d instances", cat.services, cat.instances)
+	if err := cat.register(ctx, a.Client, 0); err != nil {
+		return nil, err
+	}
+	var results []*churnResult
+	r, err := measureChurn(ctx, sc, bin, a, cat, observers, quiet, changes)
+	if err != nil {
+		return nil, err
+	}
+	results = append(results, r)
+	if large > services {
+		big := catalog{services: large, instances: instances}
+		log.Printf("growing the churn catalog to %d x %d", big.services, big.instances)
+		if err := big.register(ctx, a.Client, services); err != nil {
+			return results, err
+		}
+		r, err := measureChurn(ctx, sc, bin, a, big, []churnObserver{adapterHTTPS, adapterHTTP}, quiet, changes)
+		if err != nil {
+			return results, err
+		}
+		results = append(results, r)
+	}
+	return results, nil
 }
 
 func logErr(what string, err error) {

@@ -41,6 +41,8 @@ type report struct {
 	quietErrs []error
 	large     *largeResult
 	largeErr  error
+	churn     []*churnResult
+	churnErr  error
 	largeRun  bool
 }
 
@@ -354,6 +356,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "| Harness flags | %s |\n\n", flags)
 	b.WriteString("## Results\n\n")
 	b.WriteString(r.table())
+	b.WriteString(r.churnTables())
 	b.WriteString("\n## How it is measured\n\n")
 	b.WriteString(r.method())
 	return b.String()
