@@ -62,10 +62,10 @@ type churnRow struct {
 	// KindRequests holds, per kind, the requests from each change of the
 	// kind to the next change.
 	KindRequests map[string][]int
-	PeakConns  int     // client connections to Consul open at once
-	PeakRSS    int64   // the adapter's, bytes; 0 for the built-in SD
-	Latency    map[string][]time.Duration
-	Missed     int
+	PeakConns    int   // client connections to Consul open at once
+	PeakRSS      int64 // the adapter's, bytes; 0 for the built-in SD
+	Latency      map[string][]time.Duration
+	Missed       int
 }
 
 type churnResult struct {
@@ -293,7 +293,7 @@ type churner struct {
 	seq     int
 	added   []*churnChange // new instances of existing services, to deregister
 	svcs    []*churnChange // new services, to remove
-	maint   *instanceRef  // the instance in maintenance
+	maint   *instanceRef   // the instance in maintenance
 	flipped map[string]bool
 }
 
