@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-
 # Build stage: a static binary, so the runtime image needs no libc.
 FROM golang:1.26 AS build
 WORKDIR /src

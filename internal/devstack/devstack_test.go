@@ -519,6 +519,27 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
+// A `# syntax=` directive makes BuildKit pull a frontend image from a
+// registry before it builds anything; the Dockerfile needs only the
+// built-in one, and builds where no registry is reachable.
+func TestDockerfileNoSyntaxDirective(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parser directives are "# key=value" comments at the top of the file.
+	for _, line := range strings.Split(string(data), "\n") {
+		text, ok := strings.CutPrefix(strings.TrimSpace(line), "#")
+		if !ok {
+			break
+		}
+		key, _, isDirective := strings.Cut(text, "=")
+		if isDirective && strings.EqualFold(strings.TrimSpace(key), "syntax") {
+			t.Errorf("Dockerfile: parser directive %q fetches a frontend image; the built-in one is enough", strings.TrimSpace(line))
+		}
+	}
+}
+
 // The Dockerfile copies only some directories into the build; a package
 // added elsewhere would break `docker compose build`, which nothing here can
 // run.
