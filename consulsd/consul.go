@@ -235,7 +235,7 @@ func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, 
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS configuration: %w", err)
 	}
-	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, duration: m.requestDuration}
+	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, duration: m.requestDuration, blocking: m.blockingQueries}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)
@@ -465,7 +465,14 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string) ([]*api.S
 	if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
 		return nil, errACLFiltered
 	}
-	return entries, err
+	return registeredAs(name, entries), err
+}
+
+// registeredAs keeps the entries registered under exactly name. Consul looks
+// service names up case-insensitively: with "api" and "API" registered, the
+// query for each returns both, and every instance would be listed twice.
+func registeredAs(name string, entries []*api.ServiceEntry) []*api.ServiceEntry {
+	return slices.DeleteFunc(entries, func(e *api.ServiceEntry) bool { return e.Service.Service != name })
 }
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {

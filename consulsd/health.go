@@ -11,7 +11,9 @@ import (
 
 // notPassing selects the checks that decide an instance's health: a status
 // is the worst of its checks', and with none but passing ones it is passing.
-const notPassing = `Status != "passing"`
+// A maintenance check means maintenance whatever its own status, as Consul's
+// aggregation counts it.
+const notPassing = `Status != "passing" or CheckID == "` + api.NodeMaint + `" or CheckID matches "^` + api.ServiceMaintPrefix + `"`
 
 // healthOnly reports whether, from the previous round's state to s, only
 // health checks changed. Then the instances and all their labels but

@@ -34,6 +34,7 @@ type metrics struct {
 	services        prometheus.Gauge
 	targets         prometheus.Gauge
 	requestDuration *prometheus.HistogramVec
+	blockingQueries *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -75,6 +76,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:      "Duration of HTTP requests to Consul by endpoint and status code (0: no answer).",
 			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"endpoint", "code"}),
+		blockingQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "consul_blocking_queries_total",
+			Help:      "Blocking queries of the watch that returned, by endpoint and status code (0: no answer). They wait up to minutes, so they are kept out of the request duration histogram.",
+		}, []string{"endpoint", "code"}),
 	}
 	for _, r := range []string{"success", "failure"} {
 		m.refreshes.WithLabelValues(r)
@@ -83,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{
-		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration,
+		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration, m.blockingQueries,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -111,11 +117,13 @@ func failureReason(err error) string {
 	}
 }
 
-// instrumentedTransport times every request to Consul. The endpoint label is
-// the API path without the service name, so its cardinality stays fixed.
+// instrumentedTransport times every request to Consul, and counts the
+// watch's blocking queries apart. The endpoint label is the API path without
+// the service name, so its cardinality stays fixed.
 type instrumentedTransport struct {
 	next     http.RoundTripper
 	duration *prometheus.HistogramVec
+	blocking *prometheus.CounterVec
 }
 
 func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -125,7 +133,11 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	}
-	t.duration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+	if req.URL.Query().Has("index") {
+		t.blocking.WithLabelValues(endpointOf(req.URL.Path), code).Inc()
+	} else {
+		t.duration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+	}
 	return resp, err
 }
 

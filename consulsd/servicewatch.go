@@ -300,6 +300,7 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 		if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
 			err = errACLFiltered
 		}
+		entries = registeredAs(name, entries)
 		if err != nil {
 			if ctx.Err() != nil {
 				return

@@ -10,6 +10,7 @@ import (
 	"github.com/go-kit/log"
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 
@@ -248,4 +249,131 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestServiceNamesDifferingInCase: Consul finds "api" and "API" with either
+// name; each instance is listed once, under the name it was registered
+// with, by a round and by the per-service watch.
+func TestServiceNamesDifferingInCase(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "api", Port: 80})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "API", Port: 81})
+	check := func(t *testing.T, groups map[string]*targetgroup.Group) {
+		t.Helper()
+		for name, node := range map[string]string{"api": "n1", "API": "n2"} {
+			g := groups[name]
+			if g == nil || len(g.Targets) != 1 || byNode(g)[node] == nil {
+				t.Errorf("%s: %v, want its one instance on %s", name, g, node)
+			}
+		}
+	}
+	t.Run("round", func(t *testing.T) {
+		d, _ := newDiscovery(t, agent.Addr, nil)
+		check(t, refresh(t, d))
+	})
+	t.Run("per-service watch", func(t *testing.T) {
+		d, _ := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+			c.WatchMode = consulsd.WatchServices
+			c.InsecureSkipVerify = true
+		})
+		f := follow(t, d)
+		f.until(t, "api and API", func(g map[string]*targetgroup.Group) bool { return g["api"] != nil && g["API"] != nil })
+		check(t, f.groups)
+	})
+}
+
+// TestHealthRoundSeesPassingMaintenance: a maintenance check means
+// maintenance whatever its own status, in a health-only round as in a full
+// one.
+func TestHealthRoundSeesPassingMaintenance(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.Start(t, agent.Addr)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	d, _ := newDiscovery(t, proxy.Addr, nil)
+	refresh(t, d)
+	_, err := agent.Client.Catalog().Register(&api.CatalogRegistration{Node: "n1", SkipNodeUpdate: true,
+		Check: &api.AgentCheck{Node: "n1", CheckID: api.ServiceMaintPrefix + "web", Name: "maintenance", Status: api.HealthPassing, ServiceID: "web"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := proxy.Requests("/v1/health/service/web")
+	groups := refresh(t, d)
+	if n := proxy.Requests("/v1/health/service/web") - before; n != 0 {
+		t.Fatalf("web was queried %d times: not a health-only round, so this test tests nothing", n)
+	}
+	if got := byNode(groups["web"])["n1"]["__meta_consul_health"]; got != "maintenance" {
+		t.Errorf("health = %q after a passing maintenance check, want maintenance", got)
+	}
+}
+
+// TestBlockingQueriesStayOutOfTheHistogram: the watch's queries wait for
+// minutes and are counted apart, so the request duration histogram holds
+// only requests that answer at once.
+func TestBlockingQueriesStayOutOfTheHistogram(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80, Health: "passing"})
+	d, reg := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+		c.WatchMode = consulsd.WatchServices
+		c.InsecureSkipVerify = true
+	})
+	f := follow(t, d)
+	f.until(t, "web", func(g map[string]*targetgroup.Group) bool { return g["web"] != nil })
+	for _, status := range []string{"critical", "passing", "critical"} {
+		agent.SetHealth(t, consultest.Instance{Node: "n1", Service: "web"}, status)
+		f.until(t, "web "+status, func(g map[string]*targetgroup.Group) bool {
+			return label(g["web"], "n1", "__meta_consul_health") == status
+		})
+	}
+	// web's first query answered at once; the three that returned with a
+	// change were blocking.
+	if got := histogramCount(t, reg, "consul_sd_adapter_consul_request_duration_seconds", "/v1/health/service"); got != 1 {
+		t.Errorf("request duration histogram holds %d health queries, want 1: the blocking ones leaked in", got)
+	}
+	if got := counterSum(t, reg, "consul_sd_adapter_consul_blocking_queries_total", "/v1/health/service"); got < 3 {
+		t.Errorf("blocking health queries counted: %v, want at least 3", got)
+	}
+}
+
+// histogramCount sums the sample counts of a histogram's series for endpoint.
+func histogramCount(t *testing.T, reg *prometheus.Registry, name, endpoint string) uint64 {
+	t.Helper()
+	var n uint64
+	for _, m := range seriesOf(t, reg, name, endpoint) {
+		n += m.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+// counterSum sums a counter's series for endpoint.
+func counterSum(t *testing.T, reg *prometheus.Registry, name, endpoint string) float64 {
+	t.Helper()
+	var n float64
+	for _, m := range seriesOf(t, reg, name, endpoint) {
+		n += m.GetCounter().GetValue()
+	}
+	return n
+}
+
+func seriesOf(t *testing.T, reg *prometheus.Registry, name, endpoint string) []*dto.Metric {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*dto.Metric
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "endpoint" && l.GetValue() == endpoint {
+					out = append(out, m)
+				}
+			}
+		}
+	}
+	return out
 }
