@@ -344,6 +344,36 @@ func TestComposeNetworkNamespace(t *testing.T) {
 	}
 }
 
+// Every Consul agent the stack and the demo start binds an explicit
+// address: on a machine or in a container with several private addresses
+// (Docker's bridges, several compose networks) an agent left to choose one
+// refuses to start.
+func TestConsulAgentsBind(t *testing.T) {
+	c := loadCompose(t)
+	if v, _ := c.Services[consulService].Command.flag("bind"); net.ParseIP(v) == nil {
+		t.Errorf("docker-compose.yml: service %s: command %q binds no explicit address (-bind=IP)", consulService, c.Services[consulService].Command)
+	}
+
+	demo, err := os.ReadFile(filepath.Join(repoRoot(t), "scripts", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := 0
+	for _, line := range strings.Split(string(demo), "\n") {
+		words := composeCommand(strings.Fields(line))
+		if !slices.Contains(words, "agent") || !slices.Contains(words, "-dev") {
+			continue
+		}
+		agents++
+		if v, _ := words.flag("bind"); net.ParseIP(v) == nil {
+			t.Errorf("scripts/demo.sh starts an agent without an explicit -bind: %s", strings.TrimSpace(line))
+		}
+	}
+	if agents == 0 {
+		t.Error("scripts/demo.sh: no line starting `consul agent -dev` found")
+	}
+}
+
 func TestComposeAdapterReachesConsul(t *testing.T) {
 	c := loadCompose(t)
 	addr := requireFlag(t, c, adapterService, "listen.address")
@@ -843,15 +873,17 @@ func TestConsulConfig(t *testing.T) {
 
 // Consul itself is the judge of consul.json: an unknown key or a malformed
 // check stops the agent, which the JSON checks above would not notice.
-// `consul validate` insists on a data_dir, which -dev does not need, so one
-// is supplied in a second file.
+// `consul validate` insists on a data_dir, which -dev does not need, and
+// on a machine with several private addresses (Docker's bridges) on a bind
+// address, which the demo and the stack pass as a flag; both are supplied
+// in a second file.
 func TestConsulValidate(t *testing.T) {
 	consul := consultest.Binary(t)
-	dataDir := filepath.Join(t.TempDir(), "data-dir.json")
-	if err := os.WriteFile(dataDir, []byte(fmt.Sprintf(`{"data_dir": %q}`, t.TempDir())), 0o644); err != nil {
+	extra := filepath.Join(t.TempDir(), "extra.json")
+	if err := os.WriteFile(extra, []byte(fmt.Sprintf(`{"data_dir": %q, "bind_addr": "127.0.0.1"}`, t.TempDir())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(consul, "validate", filepath.Join(repoRoot(t), "consul.json"), dataDir).CombinedOutput()
+	out, err := exec.Command(consul, "validate", filepath.Join(repoRoot(t), "consul.json"), extra).CombinedOutput()
 	if err != nil {
 		t.Fatalf("consul validate consul.json: %v\n%s", err, out)
 	}
