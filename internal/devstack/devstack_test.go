@@ -374,6 +374,16 @@ func TestConsulAgentsBind(t *testing.T) {
 	}
 }
 
+// Consul names a node after the host by default, in a container its ID: the
+// targets' __meta_consul_node would change with every `docker compose up`.
+func TestComposeConsulNodeName(t *testing.T) {
+	c := loadCompose(t)
+	node, ok := c.Services[consulService].Command.flag("node")
+	if !ok || node == "" || strings.Contains(node, "$") {
+		t.Errorf("docker-compose.yml: service %s: command %q, want a fixed -node=NAME", consulService, c.Services[consulService].Command)
+	}
+}
+
 func TestComposeAdapterReachesConsul(t *testing.T) {
 	c := loadCompose(t)
 	addr := requireFlag(t, c, adapterService, "listen.address")
