@@ -119,6 +119,11 @@ func run(args []string) int {
 	if err != nil {
 		return usageError(fmt.Errorf("--output.file-mode %q is not an octal permission", *fileMode))
 	}
+	// Setuid, setgid and sticky bits mean nothing on a data file, and
+	// os.FileMode does not even place them where chmod(2) does.
+	if mode > 0o777 {
+		return usageError(fmt.Errorf("--output.file-mode %q: only permission bits, 0 to 0777", *fileMode))
+	}
 
 	logger, slogger := newLoggers(*logLevel, *logFormat)
 	if err := adapter.CheckWritable(*outputFile); err != nil {

@@ -151,6 +151,8 @@ func TestBadInput(t *testing.T) {
 		{"output is a directory", []string{"--output.file=" + filepath.Join(dir, "sub.json")}, "not a regular file"},
 		{"not a file_sd extension", []string{"--output.file=" + filepath.Join(dir, "x.txt")}, "must end in .json"},
 		{"bad file mode", []string{"--output.file=" + existing, "--output.file-mode=rw"}, "octal"},
+		{"setuid file mode", []string{"--output.file=" + existing, "--output.file-mode=4755"}, "--output.file-mode"},
+		{"sticky file mode", []string{"--output.file=" + existing, "--output.file-mode=01644"}, "--output.file-mode"},
 		{"world-writable mode", []string{"--output.file=" + existing, "--output.file-mode=0666"}, "world-writable"},
 		{"zero concurrency", []string{"--output.file=" + existing, "--consul.max-concurrency=0"}, "concurrency"},
 	}
