@@ -41,11 +41,12 @@ type fuzzInput struct {
 }
 
 // FuzzEntriesToFile drives the whole "Consul entries -> file" path with
-// arbitrary Consul data: targetLabels and Discovery.group build the groups
-// exactly as a refresh does, adapter.Entries and adapter.Render write them as
-// JSON and YAML, and Prometheus's own file_sd decoding reads them back. It
-// asserts that both files load, hold exactly one target per instance with
-// valid label names, and carry every label value unchanged.
+// arbitrary Consul data: serviceGroup builds the groups from the labels of
+// each instance exactly as a refresh does (instanceLabels, then groupOf),
+// adapter.Entries and adapter.Render write them as JSON and YAML, and
+// Prometheus's own file_sd decoding reads them back. It asserts that both
+// files load, hold exactly one target per instance with valid label names,
+// and carry every label value unchanged.
 func FuzzEntriesToFile(f *testing.F) {
 	kv := func(pairs ...string) string {
 		var items []string

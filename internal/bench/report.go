@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Targets of DESIGN.md's Performance section.
+// What each measurement is held to: the "target" column of the table.
 const (
 	targetColdLocal   = 2.0
 	targetColdRemote  = 10.0
