@@ -1,5 +1,6 @@
 # Every target sets up what it needs on a fresh machine (Go modules, the
-# Consul agent built from tools/consul, Debian's prometheus package).
+# Consul agent built from tools/consul, Debian's prometheus package, and
+# for make test Debian's chromium).
 
 GO          ?= go
 BINARY      := consul-sd-adapter
@@ -34,10 +35,11 @@ chromium:
 		echo "installing Debian's chromium package"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
-deps: consul prometheus chromium
+# What the demo and the benchmarks need; the tests need Chromium too.
+deps: consul prometheus
 	$(GO) mod download
 
-test: deps
+test: deps chromium
 	CONSUL_BIN="$$(tools/consul/build.sh)" $(GO) test -count=1 ./...
 
 lint:

@@ -898,3 +898,29 @@ func TestConsulValidate(t *testing.T) {
 		t.Fatalf("consul validate consul.json: %v\n%s", err, out)
 	}
 }
+
+// ---------------------------------------------------------------------------
+// Makefile
+
+// makeDryRun returns what `make -n target` would run.
+func makeDryRun(t *testing.T, target string) string {
+	t.Helper()
+	cmd := exec.Command("make", "-n", target)
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make -n %s: %v\n%s", target, err, out)
+	}
+	return string(out)
+}
+
+// Only the status page test runs Chromium: the demo must not install 124 MB
+// it never starts.
+func TestMakeInstallsChromiumOnlyForTests(t *testing.T) {
+	if out := makeDryRun(t, "demo"); strings.Contains(out, "chromium") {
+		t.Errorf("make demo would install chromium:\n%s", out)
+	}
+	if out := makeDryRun(t, "test"); !strings.Contains(out, "chromium") {
+		t.Errorf("make test would not install chromium, which the status page test needs:\n%s", out)
+	}
+}
