@@ -60,6 +60,7 @@ func main() {
 }
 
 func run(args []string) int {
+	stampVersion()
 	app := kingpin.New(programName, "Discovers services in Consul and writes them to a Prometheus file_sd file.")
 	app.Version(version.Print(programName))
 	app.HelpFlag.Short('h')

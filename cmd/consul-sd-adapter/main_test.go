@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -182,6 +183,42 @@ func TestHelpAndVersion(t *testing.T) {
 		if strings.Contains(r.stdout+r.stderr, "s3cr3t") {
 			t.Errorf("%s shows the token", arg)
 		}
+	}
+}
+
+// The tests' binary is built without -ldflags, as go build and go install
+// build it: it must still say which version it is.
+func TestVersionWithoutLdflags(t *testing.T) {
+	r := runBinary(t, nil, "--version")
+	first, _, _ := strings.Cut(r.stdout+r.stderr, "\n")
+	v, ok := strings.CutPrefix(first, programName+", version ")
+	if r.code != 0 || !ok || strings.HasPrefix(v, " ") || v == "" {
+		t.Errorf("--version: exit %d, first line %q, want %q followed by a version", r.code, first, programName+", version ")
+	}
+}
+
+func TestVersionFromBuildInfo(t *testing.T) {
+	vcs := func(rev string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: "true"}}
+	}
+	tests := []struct {
+		name          string
+		bi            debug.BuildInfo
+		ver, revision string
+	}{
+		{"checkout", debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20250102150405-abcdef123456+dirty"}, Settings: vcs("abcdef1234567890")},
+			"v0.0.0-20250102150405-abcdef123456+dirty", "abcdef1234567890"},
+		{"go install of a release", debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}}, "v1.2.3", ""},
+		{"no VCS data", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "dev", ""},
+		{"nothing", debug.BuildInfo{}, "dev", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ver, rev := versionFromBuildInfo(&tc.bi)
+			if ver != tc.ver || rev != tc.revision {
+				t.Errorf("got version %q, revision %q; want %q, %q", ver, rev, tc.ver, tc.revision)
+			}
+		})
 	}
 }
 
