@@ -12,7 +12,17 @@ COPY cmd/ cmd/
 COPY consulsd/ consulsd/
 COPY adapter/ adapter/
 COPY internal/ internal/
-RUN CGO_ENABLED=0 go build -trimpath -o /consul-sd-adapter ./cmd/consul-sd-adapter
+# The version data of make build (LDFLAGS in the Makefile), which make docker
+# passes through docker-compose.yml. Without them the binary says "dev": this
+# stage has no .git for go build to take a revision from.
+ARG VERSION
+ARG REVISION
+RUN CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-X github.com/prometheus/common/version.Version=${VERSION} \
+                -X github.com/prometheus/common/version.Revision=${REVISION} \
+                -X github.com/prometheus/common/version.Branch=main \
+                -X github.com/prometheus/common/version.BuildUser=docker" \
+      -o /consul-sd-adapter ./cmd/consul-sd-adapter
 # The directory docker-compose.yml mounts the shared "sd" volume on. Docker
 # initialises an empty named volume with the owner of the image directory it
 # is mounted over, so creating /sd here owned by nonroot (65532) is what lets

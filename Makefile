@@ -11,7 +11,7 @@ LDFLAGS     := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Revision=$
                -X $(VERSION_PKG).Branch=main -X $(VERSION_PKG).BuildUser=make
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test lint demo bench soak consul prometheus chromium deps clean
+.PHONY: all build test lint demo docker bench soak consul prometheus chromium deps clean
 
 all: build
 
@@ -48,7 +48,11 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 demo: deps
-	bash scripts/demo.sh
+	LDFLAGS='$(LDFLAGS)' bash scripts/demo.sh
+
+# The image of docker-compose.yml, stamped with the version data of make build.
+docker:
+	VERSION='$(VERSION)' REVISION='$(REVISION)' docker compose build
 
 bench: deps
 	CONSUL_BIN="$$(tools/consul/build.sh)" $(GO) run ./internal/bench $(BENCH_FLAGS)

@@ -56,7 +56,9 @@ prometheus=$(command -v prometheus)
 
 say "building the adapter"
 mkdir -p "$demo/bin"
-go build -o "$demo/bin/consul-sd-adapter" ./cmd/consul-sd-adapter
+# make demo passes the Makefile's LDFLAGS (version, revision); without them
+# the binary takes its version from what go build records.
+go build -ldflags "${LDFLAGS:-}" -o "$demo/bin/consul-sd-adapter" ./cmd/consul-sd-adapter
 
 # --- work directory ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -922,5 +923,75 @@ func TestMakeInstallsChromiumOnlyForTests(t *testing.T) {
 	}
 	if out := makeDryRun(t, "test"); !strings.Contains(out, "chromium") {
 		t.Errorf("make test would not install chromium, which the status page test needs:\n%s", out)
+	}
+}
+
+// ldflagsVars returns the variables that -X flags in s set, as
+// "package.Name".
+func ldflagsVars(s string) []string {
+	var vars []string
+	for _, m := range regexp.MustCompile(`-X\s+([^=\s]+)=`).FindAllStringSubmatch(s, -1) {
+		vars = append(vars, m[1])
+	}
+	slices.Sort(vars)
+	return slices.Compact(vars)
+}
+
+// Every build of the binary carries the version data make build stamps:
+// the demo's, through make demo, and the image's, through make docker and
+// the build arguments of docker-compose.yml.
+func TestVersionStampedEverywhere(t *testing.T) {
+	root := repoRoot(t)
+	build := makeDryRun(t, "build")
+	want := ldflagsVars(build)
+	if !slices.Contains(want, "github.com/prometheus/common/version.Version") {
+		t.Fatalf("make build sets no version with -X: %s", build)
+	}
+
+	demo := makeDryRun(t, "demo")
+	if got := ldflagsVars(demo); !slices.Equal(got, want) {
+		t.Errorf("make demo passes -X for %q, make build for %q", got, want)
+	}
+	script, err := os.ReadFile(filepath.Join(root, "scripts", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`go build -ldflags "\$\{?LDFLAGS`).Match(script) {
+		t.Error("scripts/demo.sh does not build the adapter with $LDFLAGS")
+	}
+
+	var run string
+	for _, stage := range loadDockerfile(t, filepath.Join(root, "Dockerfile")) {
+		for _, in := range stage.instr {
+			if in[0] == "RUN" && strings.Contains(strings.Join(in, " "), "./cmd/consul-sd-adapter") {
+				run = strings.Join(in, " ")
+			}
+		}
+	}
+	if got := ldflagsVars(run); !slices.Equal(got, want) {
+		t.Errorf("the Dockerfile's build sets -X for %q, make build for %q", got, want)
+	}
+	dockerMake := makeDryRun(t, "docker")
+	for _, arg := range []string{"VERSION", "REVISION"} {
+		if !strings.Contains(run, "${"+arg+"}") || !strings.Contains(dockerMake, arg+"=") {
+			t.Errorf("build argument %s: want it used in the Dockerfile's build (%s) and set by make docker (%s)", arg, run, dockerMake)
+		}
+	}
+	composeArgs, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Services map[string]struct {
+			Build struct {
+				Args []string `yaml:"args"`
+			} `yaml:"build"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(composeArgs, &c); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	if got := c.Services[adapterService].Build.Args; !slices.Contains(got, "VERSION") || !slices.Contains(got, "REVISION") {
+		t.Errorf("docker-compose.yml: service %s: build args %q, want VERSION and REVISION passed from the environment", adapterService, got)
 	}
 }
