@@ -190,23 +190,36 @@ func (a *Agent) LogPath() string { return a.logPath }
 
 func (a *Agent) args() []string {
 	p := a.ports
-	args := []string{
-		"agent", "-dev",
-		"-node=" + a.Node,
+	args := []string{"agent"}
+	switch a.cfg.role {
+	case "":
+		args = append(args, "-dev")
+	case "server":
+		// A real server: raft on disk, elections with production timing
+		// (raft_multiplier 1), no UI.
+		args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(clusterServers),
+			"-hcl=performance { raft_multiplier = 1 }")
+	}
+	for _, j := range a.cfg.join {
+		args = append(args, "-retry-join="+j, "-retry-interval=1s")
+	}
+	args = append(args,
+		"-node="+a.Node,
 		"-bind=127.0.0.1",
 		"-client=127.0.0.1",
 		// Dev mode keeps raft in memory; the data dir only keeps the agent
-		// from creating one under /tmp that a SIGKILL would leak.
-		"-data-dir=" + filepath.Join(a.dir, "data"),
-		"-server-port=" + strconv.Itoa(p.server),
-		"-serf-lan-port=" + strconv.Itoa(p.serfLAN),
-		"-serf-wan-port=" + strconv.Itoa(p.serfWAN),
-		"-grpc-port=" + strconv.Itoa(p.grpc),
+		// from creating one under /tmp that a SIGKILL would leak. Servers
+		// and clients of a cluster keep their state there.
+		"-data-dir="+filepath.Join(a.dir, "data"),
+		"-server-port="+strconv.Itoa(p.server),
+		"-serf-lan-port="+strconv.Itoa(p.serfLAN),
+		"-serf-wan-port="+strconv.Itoa(p.serfWAN),
+		"-grpc-port="+strconv.Itoa(p.grpc),
 		// Unused listeners are disabled rather than given ports: fewer
 		// ports, fewer collisions between parallel agents.
 		"-grpc-tls-port=-1",
 		"-dns-port=-1",
-	}
+	)
 	switch {
 	case a.cfg.httpsToo:
 		args = append(args, "-http-port="+strconv.Itoa(p.http), "-https-port="+strconv.Itoa(p.https))
@@ -360,6 +373,8 @@ func (a *Agent) stop(sig syscall.Signal) {
 	default:
 	}
 	_ = p.cmd.Process.Signal(sig)
+	// A paused agent handles the signal only once continued.
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-p.done:
 	case <-time.After(stopTimeout):

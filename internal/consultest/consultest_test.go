@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -173,5 +174,50 @@ func TestTLS(t *testing.T) {
 		if resp.StatusCode == http.StatusOK {
 			t.Errorf("plain HTTP to %s answered 200", a.Addr)
 		}
+	}
+}
+
+// TestCluster: three servers elect a leader, the client agent reaches the
+// catalog through them, and the cluster survives losing its leader.
+func TestCluster(t *testing.T) {
+	c := consultest.StartCluster(t)
+	leader, err := c.Leader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Client.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	for _, s := range c.Servers {
+		waitUntil(t, s.Node+" has web", func() bool {
+			entries, _, err := s.Client.Health().Service("web", "", false, &api.QueryOptions{AllowStale: true})
+			return err == nil && len(entries) == 1
+		})
+	}
+
+	leader.Kill()
+	next, err := c.Leader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == leader {
+		t.Fatal("the killed server still leads")
+	}
+	c.Client.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "web", Port: 80})
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the restarted server to catch up", func() bool {
+		entries, _, err := leader.Client.Health().Service("web", "", false, &api.QueryOptions{AllowStale: true})
+		return err == nil && len(entries) == 2
+	})
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

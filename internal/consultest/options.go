@@ -8,8 +8,12 @@ type Option func(*config)
 type config struct {
 	aclToken string // initial management token; empty means ACLs off
 	tls      *tlsFiles
-	httpsToo bool     // serve HTTPS next to plain HTTP rather than instead
-	extra    []string // more -hcl fragments
+	httpsToo bool // serve HTTPS next to plain HTTP rather than instead
+	// role is "" for a dev agent, else "server" or "client" of a cluster;
+	// join lists the serf LAN addresses of the cluster's servers.
+	role  string
+	join  []string
+	extra []string // more -hcl fragments
 }
 
 type tlsFiles struct {

@@ -1,0 +1,197 @@
+package consultest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// clusterServers is the number of servers in a Cluster, as in a small
+// production datacenter: it survives the loss of one.
+const clusterServers = 3
+
+// Cluster is a datacenter as it is deployed: three servers that elect a
+// leader and replicate through raft on disk, and a client agent in front of
+// them, which is what the adapter talks to. Every process runs on loopback
+// from the same binary.
+type Cluster struct {
+	Servers []*Agent
+	// Client is the client agent; Options given to StartCluster apply to
+	// it (WithHTTPS, WithHCL).
+	Client *Agent
+}
+
+// StartCluster starts a cluster and waits until it has a leader and every
+// agent is in the catalog. It is stopped when the test ends.
+func StartCluster(t testing.TB, opts ...Option) *Cluster {
+	t.Helper()
+	c, err := LaunchCluster(Binary(t), t.TempDir(), opts...)
+	if c != nil {
+		t.Cleanup(func() {
+			for _, a := range c.agents() {
+				a.Stop()
+				if t.Failed() {
+					t.Logf("%s log tail (%s):\n%s", a.Node, a.logPath, a.logTail(15))
+				}
+			}
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// LaunchCluster is StartCluster for programs that are not tests (make
+// soak): the caller stops the cluster.
+func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
+	c := &Cluster{}
+	var join []string
+	for i := range clusterServers {
+		a, err := newAgent(bin, filepath.Join(dir, fmt.Sprintf("server-%d", i)))
+		if err != nil {
+			return nil, err
+		}
+		a.cfg.role = "server"
+		c.Servers = append(c.Servers, a)
+		join = append(join, net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfLAN)))
+	}
+	client, err := newAgent(bin, filepath.Join(dir, "client"), opts...)
+	if err != nil {
+		return nil, err
+	}
+	client.cfg.role = "client"
+	c.Client = client
+	for _, a := range c.agents() {
+		a.cfg.join = join
+		if _, err := a.launch(); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
+	for _, a := range c.agents() {
+		if err := a.waitReady(); err != nil {
+			c.Stop()
+			return c, fmt.Errorf("cluster agent %s: %w\nlog tail (%s):\n%s", a.Node, err, a.logPath, a.logTail(30))
+		}
+	}
+	return c, nil
+}
+
+// newAgent prepares an agent in its own directory, with its ports picked.
+func newAgent(bin, dir string, opts ...Option) (*Agent, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	a := &Agent{bin: bin, dir: dir, Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1))}
+	a.logPath = filepath.Join(dir, "consul.log")
+	for _, o := range opts {
+		o(&a.cfg)
+	}
+	return a, a.setup()
+}
+
+func (c *Cluster) agents() []*Agent { return append(append([]*Agent{}, c.Servers...), c.Client) }
+
+// Stop stops every agent of the cluster.
+func (c *Cluster) Stop() {
+	for _, a := range c.agents() {
+		a.Stop()
+	}
+}
+
+// Leader returns the server that leads now, as the running servers see it;
+// it waits up to a start timeout for an election to end.
+func (c *Cluster) Leader() (*Agent, error) {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		for _, s := range c.Servers {
+			if s.Pid() == 0 || !s.running() {
+				continue
+			}
+			addr, err := s.Client.Status().Leader()
+			if err != nil || addr == "" {
+				continue
+			}
+			for _, l := range c.Servers {
+				// Followers name a killed leader until they notice.
+				if net.JoinHostPort("127.0.0.1", strconv.Itoa(l.ports.server)) == addr && l.running() {
+					return l, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("no leader elected")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Followers returns the running servers that do not lead.
+func (c *Cluster) Followers() ([]*Agent, error) {
+	leader, err := c.Leader()
+	if err != nil {
+		return nil, err
+	}
+	var out []*Agent
+	for _, s := range c.Servers {
+		if s != leader && s.running() {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// running reports whether the agent's process runs (stopped by Pause
+// counts as running).
+func (a *Agent) running() bool {
+	a.mu.Lock()
+	p := a.proc
+	a.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Pause stops the agent's process with SIGSTOP: it holds its connections
+// and answers nothing, as a server stalled by its disk or a long GC.
+func (a *Agent) Pause() { a.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused agent with SIGCONT.
+func (a *Agent) Resume() { a.signal(syscall.SIGCONT) }
+
+func (a *Agent) signal(sig syscall.Signal) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.proc != nil {
+		_ = a.proc.cmd.Process.Signal(sig)
+	}
+}
+
+// Start starts an agent that was stopped or killed again, on the same
+// ports and with the same data, and waits until it is ready.
+func (a *Agent) Start() error {
+	if a.running() {
+		return errors.New("agent already runs")
+	}
+	offset, err := a.launch()
+	if err == nil {
+		err = a.waitReady()
+	}
+	if err != nil {
+		return fmt.Errorf("starting %s again: %w\nlog tail (%s):\n%s", a.Node, err, a.logPath, a.logTailSince(offset, 30))
+	}
+	return nil
+}
