@@ -24,16 +24,42 @@ adapter_addr=127.0.0.1:9841
 say() { echo "demo: $*" >&2; }
 die() { echo "demo: $*" >&2; exit 1; }
 
+command -v curl >/dev/null || die "curl is required"
+command -v python3 >/dev/null || die "python3 is required"
+
+# who_listens ADDR describes what holds ADDR's port: the process, as far as
+# ss may tell, and what it answers over HTTP.
+who_listens() {
+  local addr=$1 line pid name unit version what=
+  line=$(ss -Hltnp "sport = :${addr##*:}" 2>/dev/null | head -n 1 || true)
+  pid=$(grep -o 'pid=[0-9]*' <<<"$line" | head -n 1 | cut -d= -f2 || true)
+  name=$(grep -o 'users:(("[^"]*"' <<<"$line" | head -n 1 | cut -d'"' -f2 || true)
+  if [ -n "$pid" ]; then
+    what="$name (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c 1-120 | sed 's/ *$//'))"
+    # A system service, such as the Prometheus that Debian's package starts.
+    unit=$(grep -o 'system\.slice/[^/]*\.service' "/proc/$pid/cgroup" 2>/dev/null | head -n 1 | cut -d/ -f2 || true)
+    if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$repo" ]; then
+      what="$what, left over from an earlier demo (kill $pid)"
+    elif [ -n "$unit" ]; then
+      what="$what, the system's $unit (systemctl stop $unit)"
+    fi
+  fi
+  if version=$(curl -fsS --max-time 2 "http://$addr/api/v1/status/buildinfo" 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["version"])' 2>/dev/null); then
+    what="${what:-a process} that answers as Prometheus $version"
+  elif curl -fsS --max-time 2 -o /dev/null "http://$addr/v1/status/leader" 2>/dev/null; then
+    what="${what:-a process} that answers as Consul"
+  fi
+  echo "${what:-a process that ss does not show (of another user, or in a container)}"
+}
+
 # Every address is fixed because consul.json registers the stack under them;
 # finding one taken is better said now than as a crash in some log.
 for addr in "$consul_addr" "$prom_addr" "$adapter_addr"; do
   if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
-    die "$addr is already in use (an earlier demo or docker compose stack still running?); stop it and retry"
+    die "$addr is already in use by $(who_listens "$addr"); the demo needs it (consul.json registers its services there): stop that and retry"
   fi
 done
-
-command -v curl >/dev/null || die "curl is required"
-command -v python3 >/dev/null || die "python3 is required"
 
 # --- binaries ---------------------------------------------------------------
 
