@@ -210,11 +210,21 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   sleep 2
 done
 
+# Prometheus's targets page is /targets, except where only the classic UI
+# is built (Debian's 2.42 package): there it is /classic/targets.
+prom_targets=http://$prom_addr/api/v1/targets
+for path in /targets /classic/targets; do
+  if curl -fsS --max-time 5 -o /dev/null "http://$prom_addr$path" 2>/dev/null; then
+    prom_targets=http://$prom_addr$path
+    break
+  fi
+done
+
 echo
 echo "Targets as Prometheus sees them (web-1 and web-2 listen nowhere, so they are down):"
 echo "${summary:-  (Prometheus did not answer)}"
 echo
-echo "  Prometheus  http://$prom_addr/targets"
+echo "  Prometheus  $prom_targets"
 echo "  adapter     http://$adapter_addr/  (status page; also /metrics and /targets for http_sd)"
 echo "  Consul      http://$consul_addr/ui"
 echo "  logs        $demo/consul.log $demo/adapter.log $demo/prometheus.log"

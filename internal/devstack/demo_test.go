@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,6 +127,32 @@ func (d *demoRun) wait(t *testing.T) int {
 		t.Fatal(d.err)
 	}
 	return 0
+}
+
+// TestDemo runs make demo's script as a user would: every URL it prints
+// answers.
+func TestDemo(t *testing.T) {
+	if addr := takenDemoAddr(); addr != "" {
+		t.Skipf("%s is in use, the demo cannot run here (TestDemoPortTaken checks what it says then)", addr)
+	}
+	d := startDemo(t)
+	d.waitLine(t, "demo: running; Ctrl-C stops")
+
+	urls := regexp.MustCompile(`http://127\.0\.0\.1:\d+/\S*`).FindAllString(d.output(), -1)
+	if len(urls) < 3 {
+		t.Errorf("the demo printed %d URLs, want Prometheus's, the adapter's and Consul's:\n%s", len(urls), d.output())
+	}
+	for _, u := range urls {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Errorf("the demo printed %s: %v", u, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("the demo printed %s, which answers %s", u, resp.Status)
+		}
+	}
 }
 
 // A port the demo needs that something else holds: the demo refuses at
