@@ -12,6 +12,17 @@
 # otherwise (for smoke tests).
 set -euo pipefail
 
+# Ctrl-C signals the terminal's whole foreground process group, make
+# included, and make then reports the recipe as failed whatever the script
+# does. With job control a foreground command gets a process group of its
+# own and the terminal with it: the demo runs as one, so Ctrl-C reaches only
+# the demo, which stops everything and exits 0.
+if [ -z "${DEMO_JOB:-}" ] && [ -t 0 ]; then
+  set -m
+  DEMO_JOB=1 bash "$0" "$@"
+  exit
+fi
+
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
@@ -110,7 +121,8 @@ stop() {
   pids=()
 }
 trap stop EXIT
-trap 'exit 130' INT
+# Ctrl-C is how the demo is meant to end: a clean stop, exit 0.
+trap 'echo >&2; say "stopping Consul, the adapter and Prometheus"; exit 0' INT
 trap 'exit 143' TERM
 
 # Fails with the tail of a process's log if it has already exited.

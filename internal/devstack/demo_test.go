@@ -130,7 +130,7 @@ func (d *demoRun) wait(t *testing.T) int {
 }
 
 // TestDemo runs make demo's script as a user would: every URL it prints
-// answers.
+// answers, and Ctrl-C (SIGINT to its process group) stops it cleanly.
 func TestDemo(t *testing.T) {
 	if addr := takenDemoAddr(); addr != "" {
 		t.Skipf("%s is in use, the demo cannot run here (TestDemoPortTaken checks what it says then)", addr)
@@ -152,6 +152,20 @@ func TestDemo(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("the demo printed %s, which answers %s", u, resp.Status)
 		}
+	}
+
+	if err := syscall.Kill(-d.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Errorf("after Ctrl-C the demo exited %d, want 0:\n%s", code, d.output())
+	}
+	if out := d.output(); strings.Contains(out, "exited; last lines") {
+		t.Errorf("after Ctrl-C the demo reports a failure:\n%s", out)
+	}
+	// The demo waits for what it started before it exits.
+	if addr := takenDemoAddr(); addr != "" {
+		t.Errorf("%s is still served after the demo exited", addr)
 	}
 }
 
