@@ -210,6 +210,11 @@ func startBrowser(t *testing.T) *browser {
 		t.Fatal("chromium not found: run `make test`: it installs Debian's chromium package")
 	}
 	b := &browser{log: &logBuffer{}}
+	// Chromium makes a directory in $TMPDIR (org.chromium.Chromium.*) that
+	// it does not remove when it is killed: it gets one of its own, which
+	// goes with the test's.
+	leftovers := filepath.Join(os.TempDir(), "org.chromium.Chromium.*")
+	before, _ := filepath.Glob(leftovers)
 	// Bounds the whole browser, so that a hung start cannot hang the test;
 	// each action has its own, shorter, bound (see run).
 	ctx, cancelAll := context.WithTimeout(context.Background(), 5*hangGuard)
@@ -226,6 +231,7 @@ func startBrowser(t *testing.T) *browser {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Env("TMPDIR="+t.TempDir()),
 		chromedp.WindowSize(windowWidth, windowHeight),
 		chromedp.CombinedOutput(b.log),
 	)
@@ -234,6 +240,12 @@ func startBrowser(t *testing.T) *browser {
 		// Cancelling the allocator kills Chromium and waits for it.
 		cancelAlloc()
 		cancelAll()
+		after, _ := filepath.Glob(leftovers)
+		for _, dir := range after {
+			if !slices.Contains(before, dir) {
+				t.Errorf("chromium left %s behind", dir)
+			}
+		}
 		if t.Failed() {
 			t.Logf("chromium output, last lines:\n%s", b.log.tail(20))
 		}
