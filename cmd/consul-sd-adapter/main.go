@@ -245,6 +245,32 @@ func newLoggers(lvl, format string) (log.Logger, *slog.Logger) {
 	base = level.NewFilter(base, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
 	var slogLevel slog.Level
 	slogLevel.UnmarshalText([]byte(lvl)) //nolint:errcheck // kingpin allows only valid names
-	slogger := slog.New(sloggokit.NewGoKitHandler(base, slogLevel))
+	slogger := slog.New(sloggokit.NewGoKitHandler(slogAsGoKit{base}, slogLevel))
 	return log.With(base, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller), slogger
+}
+
+// slogAsGoKit makes the lines of the slog handler look like ours: it
+// starts them with level, caller, time (local) before the message; ours
+// start with level, ts (UTC), caller.
+type slogAsGoKit struct{ next log.Logger }
+
+func (l slogAsGoKit) Log(keyvals ...any) error {
+	var head, ts, caller []any
+	i := 0
+	for ; i+1 < len(keyvals) && keyvals[i] != slog.MessageKey; i += 2 {
+		switch k, v := keyvals[i], keyvals[i+1]; k {
+		case slog.TimeKey:
+			if t, ok := v.(time.Time); ok {
+				v = t.UTC().Format(time.RFC3339Nano)
+			}
+			ts = []any{"ts", v}
+		case "caller":
+			caller = []any{k, v}
+		default:
+			head = append(head, k, v)
+		}
+	}
+	out := make([]any, 0, len(keyvals))
+	out = append(append(append(append(out, head...), ts...), caller...), keyvals[i:]...)
+	return l.next.Log(out...)
 }

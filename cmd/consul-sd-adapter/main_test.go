@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -360,6 +362,68 @@ func TestDaemon(t *testing.T) {
 
 // TestConsulDownAtStart: the daemon starts, is not ready and writes nothing
 // until Consul answers.
+// Lines from Prometheus's libraries (the web server, the discovery Manager)
+// come through slog; they must read like the adapter's own: ts, in UTC,
+// after the level, then the caller.
+func TestLogLinesAgree(t *testing.T) {
+	for _, format := range []string{"logfmt", "json"} {
+		t.Run(format, func(t *testing.T) {
+			d := startDaemon(t, nil, "--listen.address=127.0.0.1:1", "--output.file="+filepath.Join(t.TempDir(), "custom_sd.json"), "--log.format="+format)
+			eventually(t, "the web server's log line", func() bool { return strings.Contains(d.log(), "Listening on") })
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			<-d.done
+			own, fromSlog := 0, 0
+			for _, line := range strings.Split(strings.TrimSpace(d.log()), "\n") {
+				keys := logKeys(t, format, line)
+				first, want := keys[:min(3, len(keys))], []string{"level", "ts", "caller"}
+				if format == "json" { // an object, written with its keys sorted
+					first = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return !slices.Contains(want, k) })
+					want = []string{"caller", "level", "ts"}
+				}
+				if !slices.Equal(first, want) || slices.Contains(keys, "time") {
+					t.Errorf("keys %q, want %q first and no time: %s", keys, want, line)
+				}
+				if strings.Contains(line, "Listening on") {
+					fromSlog++
+				} else {
+					own++
+				}
+			}
+			if own == 0 || fromSlog == 0 {
+				t.Errorf("%d lines of the adapter's own and %d of the web server's; want both:\n%s", own, fromSlog, d.log())
+			}
+		})
+	}
+}
+
+// logKeys returns the keys of a log line in order.
+func logKeys(t *testing.T, format, line string) []string {
+	t.Helper()
+	var keys []string
+	if format == "json" {
+		dec := json.NewDecoder(strings.NewReader(line))
+		if _, err := dec.Token(); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				t.Fatalf("%v: %s", err, line)
+			}
+			keys = append(keys, k.(string))
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				t.Fatalf("%v: %s", err, line)
+			}
+		}
+		return keys
+	}
+	for _, m := range regexp.MustCompile(`(?:^| )([a-z_]+)=`).FindAllStringSubmatch(line, -1) {
+		keys = append(keys, m[1])
+	}
+	return keys
+}
+
 func TestConsulDownAtStart(t *testing.T) {
 	agent := consultest.Start(t)
 	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
