@@ -118,10 +118,14 @@ type Discovery struct {
 	// indexes say. It is set when Consul may have lost or replaced its
 	// state (a failed round, a failed watch): a restarted agent can come
 	// back with indexes that happen to equal, or just exceed, the old ones.
-	resync   atomic.Bool
-	snapshot []*targetgroup.Group
-	sent     map[string]struct{}
-	targets  int
+	resync atomic.Bool
+	// unsettled says that the snapshot was read with stale reads since
+	// the indexes last moved: the next quiet round reads it again from
+	// the leader.
+	unsettled bool
+	snapshot  []*targetgroup.Group
+	sent      map[string]struct{}
+	targets   int
 
 	status statusRecorder
 }
@@ -235,7 +239,7 @@ func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, 
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS configuration: %w", err)
 	}
-	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, duration: m.requestDuration, blocking: m.blockingQueries}
+	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, metrics: m}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)
@@ -337,6 +341,7 @@ func (d *Discovery) refreshRound(ctx context.Context) ([]*targetgroup.Group, boo
 	start := time.Now()
 	groups, changed, err := d.refresh(ctx)
 	d.metrics.refreshDuration.Observe(time.Since(start).Seconds())
+	d.metrics.flushStaleness()
 	if err != nil {
 		d.resync.Store(true)
 		d.metrics.refreshes.WithLabelValues("failure").Inc()
@@ -365,12 +370,21 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 		return nil, false, fmt.Errorf("reading catalog indexes: %w", err)
 	}
 	d.wentBackwards = state.before(d.state)
+	settle := false
 	if !d.resync.Swap(false) {
-		if d.snapshot != nil && state == d.state {
+		switch {
+		case d.snapshot != nil && state == d.state && !d.unsettled:
 			return d.snapshot, false, nil // nothing changed: a round of three requests
-		}
-		if d.healthOnly(state) {
-			return d.healthRound(ctx, state)
+		case d.snapshot != nil && state == d.state:
+			// The catalog went quiet after a change read with stale
+			// reads. The server that answered the services may have lagged
+			// the one that gave the indexes, and then no index would move
+			// again to show it: read every service once from the leader.
+			settle = true
+		case d.healthOnly(state):
+			groups, changed, err := d.healthRound(ctx, state)
+			d.unsettled = d.unsettled || (err == nil && d.cfg.AllowStale)
+			return groups, changed, err
 		}
 	}
 
@@ -379,7 +393,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 	g.SetLimit(d.cfg.MaxConcurrency)
 	for i, name := range names {
 		g.Go(func() error {
-			entries, err := d.serviceInstances(gctx, name)
+			entries, err := d.serviceInstances(gctx, name, d.cfg.AllowStale && !settle)
 			if err != nil {
 				return fmt.Errorf("querying service %q: %w", name, err)
 			}
@@ -409,6 +423,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 	}
 	d.sent = current
 	d.targets = targets
+	d.unsettled = d.cfg.AllowStale && !settle
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
 	return groups, changed, nil
@@ -456,10 +471,13 @@ func (d *Discovery) wanted(name string, tags []string) bool {
 	return true
 }
 
-func (d *Discovery) serviceInstances(ctx context.Context, name string) ([]*api.ServiceEntry, error) {
+// serviceInstances queries one service's instances; with stale false the
+// leader answers.
+func (d *Discovery) serviceInstances(ctx context.Context, name string, stale bool) ([]*api.ServiceEntry, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(ctx)
+	opts.AllowStale = stale
 	opts.Filter = d.cfg.Filter
 	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
 	if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {

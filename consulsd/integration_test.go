@@ -3,6 +3,7 @@ package consulsd_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -349,15 +350,17 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 	}
 	check("start")
 
-	// The agent itself touches the catalog now and then (anti-entropy right
-	// after start, its own checks), which rightly costs a full round; without
+	// The first quiet round reads the service once more, from the leader
+	// (the start was read with stale reads). The agent itself touches the
+	// catalog now and then (anti-entropy right after start, its own
+	// checks), which rightly costs a full round and its settling; without
 	// the shortcut, every one of the ten rounds would query the service.
 	before := proxy.Requests("/v1/health/service/web")
 	for range 10 {
 		check("a quiet round")
 	}
-	if n := proxy.Requests("/v1/health/service/web") - before; n > 2 {
-		t.Errorf("%d per-service queries in 10 quiet rounds, want at most 2", n)
+	if n := proxy.Requests("/v1/health/service/web") - before; n > 3 {
+		t.Errorf("%d per-service queries in 10 quiet rounds, want at most 3", n)
 	}
 	if n := proxy.GzipRequests(); n > 0 {
 		t.Errorf("%d requests asked Consul to gzip its answer, want none", n)
@@ -396,13 +399,26 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 		{name: "a deregistration", change: func() { agent.DeregisterInstance(t, "n3", "web-3") }},
 		{name: "a node deregistration", change: func() { agent.DeregisterNode(t, "n3") }},
 	}
+	queries := func() int { return proxy.Requests("/v1/health/service/web") }
 	for _, step := range steps {
-		before := proxy.Requests("/v1/health/service/web")
 		step.change()
+		before := queries()
 		check(step.name)
-		check(step.name + ", then a quiet round")
-		if n := proxy.Requests("/v1/health/service/web") - before; step.healthOnly && n > 0 {
+		if n := queries() - before; step.healthOnly && n > 0 {
 			t.Errorf("after %s: %d per-service queries, want none", step.name, n)
+		}
+		// The change was read with stale reads: the next quiet round
+		// settles it, reading each service once from the leader; the one
+		// after that is quiet again.
+		before = queries()
+		check(step.name + ", then a quiet round")
+		if n := queries() - before; n != 1 {
+			t.Errorf("after %s, the settling round made %d per-service queries, want 1", step.name, n)
+		}
+		before = queries()
+		check(step.name + ", then another quiet round")
+		if n := queries() - before; n != 0 {
+			t.Errorf("after %s and its settling, a quiet round made %d per-service queries, want none", step.name, n)
 		}
 	}
 }
@@ -577,5 +593,48 @@ func TestFailedRoundForcesFullRound(t *testing.T) {
 	refresh(t, d)
 	if n := proxy.Requests("/v1/health/service/web") - before; n != 1 {
 		t.Errorf("the round after a failure queried web %d times, want 1", n)
+	}
+}
+
+// TestStaleAnswersSettle: with stale reads a lagging server can answer the
+// services of a round while another gave its indexes. The round then holds
+// old answers under new indexes, and no index moves again to show it. The
+// first quiet round after a change reads every service once from the leader,
+// so the file reaches the truth one refresh interval after the catalog went
+// quiet, whichever server answered.
+func TestStaleAnswersSettle(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.Start(t, agent.Addr)
+	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web)
+	d, _ := newDiscovery(t, proxy.Addr, nil)
+	port := func(groups map[string]*targetgroup.Group) string {
+		return string(byNode(groups["web"])["n1"]["__meta_consul_service_port"])
+	}
+	refresh(t, d) // the start, read with stale reads
+	refresh(t, d) // settles it
+
+	// A follower stops applying writes: stale reads of web get what it
+	// had, reads without ?stale (the leader's) the truth.
+	const path = "/v1/health/service/web"
+	proxy.Set(path, faultproxy.Lagging)
+	resp, err := http.Get(proxy.URL + path + "?stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	web.Port = 81
+	agent.RegisterInstance(t, web)
+
+	if got := port(refresh(t, d)); got != "80" {
+		t.Fatalf("round after the change saw port %s: the lagging answer was not used, so this test tests nothing", got)
+	}
+	if got := port(refresh(t, d)); got != "81" {
+		t.Errorf("the quiet round after the change left port %s, want the leader's 81", got)
+	}
+	before := proxy.Requests(path)
+	refresh(t, d)
+	if n := proxy.Requests(path) - before; n != 0 {
+		t.Errorf("a quiet round after settling queried web %d times, want none", n)
 	}
 }

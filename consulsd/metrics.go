@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -35,6 +36,11 @@ type metrics struct {
 	targets         prometheus.Gauge
 	requestDuration *prometheus.HistogramVec
 	blockingQueries *prometheus.CounterVec
+	lastContact     prometheus.Gauge
+	unknownLeader   prometheus.Counter
+	// maxContact is the largest X-Consul-LastContact, in milliseconds, of
+	// the answers since the last flushStaleness.
+	maxContact atomic.Int64
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -76,6 +82,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:      "Duration of HTTP requests to Consul by endpoint and status code (0: no answer).",
 			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"endpoint", "code"}),
+		lastContact: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "consul_last_contact_seconds",
+			Help:      "Largest X-Consul-LastContact of the answers of the last round (per-service watch: since the last update): how long the server that answered had not heard from the leader. With stale reads, how far behind the targets may be.",
+		}),
+		unknownLeader: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "consul_unknown_leader_answers_total",
+			Help:      "Answers from a Consul server that knew of no leader (X-Consul-KnownLeader: false): they may be arbitrarily stale.",
+		}),
 		blockingQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "consul_blocking_queries_total",
@@ -90,6 +106,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration, m.blockingQueries,
+		m.lastContact, m.unknownLeader,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -117,13 +134,35 @@ func failureReason(err error) string {
 	}
 }
 
-// instrumentedTransport times every request to Consul, and counts the
-// watch's blocking queries apart. The endpoint label is the API path without
-// the service name, so its cardinality stays fixed.
+// flushStaleness publishes the largest last contact since the last flush.
+func (m *metrics) flushStaleness() {
+	m.lastContact.Set(float64(m.maxContact.Swap(0)) / 1000)
+}
+
+// observeStaleness records what an answer says of the server that gave it.
+func (m *metrics) observeStaleness(h http.Header) {
+	if h.Get("X-Consul-KnownLeader") == "false" {
+		m.unknownLeader.Inc()
+	}
+	ms, err := strconv.ParseInt(h.Get("X-Consul-LastContact"), 10, 64)
+	if err != nil {
+		return
+	}
+	for {
+		cur := m.maxContact.Load()
+		if ms <= cur || m.maxContact.CompareAndSwap(cur, ms) {
+			return
+		}
+	}
+}
+
+// instrumentedTransport times every request to Consul, counts the watch's
+// blocking queries apart, and records how stale each answer may be. The
+// endpoint label is the API path without the service name, so its
+// cardinality stays fixed.
 type instrumentedTransport struct {
-	next     http.RoundTripper
-	duration *prometheus.HistogramVec
-	blocking *prometheus.CounterVec
+	next    http.RoundTripper
+	metrics *metrics
 }
 
 func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -133,10 +172,13 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	}
+	if err == nil {
+		t.metrics.observeStaleness(resp.Header)
+	}
 	if req.URL.Query().Has("index") {
-		t.blocking.WithLabelValues(endpointOf(req.URL.Path), code).Inc()
+		t.metrics.blockingQueries.WithLabelValues(endpointOf(req.URL.Path), code).Inc()
 	} else {
-		t.duration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+		t.metrics.requestDuration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
 	}
 	return resp, err
 }

@@ -200,6 +200,7 @@ func (d *Discovery) recordWatched(watched map[string]*watchedService) {
 	}
 	d.metrics.refreshes.WithLabelValues("success").Inc()
 	d.metrics.lastSuccess.SetToCurrentTime()
+	d.metrics.flushStaleness()
 	d.metrics.services.Set(float64(len(watched)))
 	d.metrics.targets.Set(float64(targets))
 	d.status.record(nil, len(watched), targets)

@@ -27,6 +27,7 @@ const (
 	kindBadJSON
 	kindIndexBackwards
 	kindDelay
+	kindLagging
 )
 
 // The bodies mimic Consul's, which are plain text that clients such as
@@ -61,6 +62,12 @@ var (
 	// response header to 1, as seen when an agent's raft index goes back
 	// (a restored snapshot, a replaced server).
 	IndexBackwards = Fault{kind: kindIndexBackwards}
+	// Lagging answers stale reads (requests with ?stale) as a follower
+	// that stopped applying the leader's writes would: the first one for a
+	// path is forwarded and its answer kept, and every later one for that
+	// path gets the kept answer, whatever its query and index. Reads
+	// without ?stale, which the leader answers, pass through.
+	Lagging = Fault{kind: kindLagging}
 )
 
 func statusFault(code int, body string) Fault {
@@ -95,6 +102,8 @@ func (f Fault) String() string {
 		return "IndexBackwards"
 	case kindDelay:
 		return fmt.Sprintf("Delay(%s)", f.delay)
+	case kindLagging:
+		return "Lagging"
 	}
 	return fmt.Sprintf("Fault(%d)", f.kind)
 }

@@ -43,6 +43,8 @@ type Proxy struct {
 	gzip   int // requests that accepted a gzipped answer
 	conns  int // client connections open now
 	peak   int // most client connections open at once
+	// kept holds Lagging's answers by path.
+	kept map[string]*httptest.ResponseRecorder
 }
 
 // Start starts a proxy to target, as New does, and closes it when the test
@@ -93,7 +95,7 @@ func newProxy(target string, serveTLS bool) (*Proxy, error) {
 		return nil, fmt.Errorf("faultproxy: %w", err)
 	}
 
-	p := &Proxy{faults: map[string]Fault{}, counts: map[string]int{}}
+	p := &Proxy{faults: map[string]Fault{}, counts: map[string]int{}, kept: map[string]*httptest.ResponseRecorder{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.transport = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -178,6 +180,7 @@ func (p *Proxy) Clear(path string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.faults, path)
+	clear(p.kept)
 }
 
 // ClearAll removes all faults: every request is forwarded unchanged.
@@ -185,6 +188,7 @@ func (p *Proxy) ClearAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	clear(p.faults)
+	clear(p.kept)
 }
 
 // Requests returns how many requests for exactly path have arrived,
@@ -264,6 +268,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		case <-timer.C:
 		}
 		p.rp.ServeHTTP(w, r)
+	case kindLagging:
+		p.lag(w, r)
 	case kindTruncate:
 		p.rp.ServeHTTP(w, r)
 		// The body is short of its Content-Length; closing the connection
@@ -272,6 +278,34 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	default: // kindNone, kindBadJSON, kindIndexBackwards: see modifyResponse
 		p.rp.ServeHTTP(w, r)
 	}
+}
+
+// lag serves a Lagging request: see Lagging.
+func (p *Proxy) lag(w http.ResponseWriter, r *http.Request) {
+	if !r.URL.Query().Has("stale") {
+		p.rp.ServeHTTP(w, r)
+		return
+	}
+	p.mu.Lock()
+	kept := p.kept[r.URL.Path]
+	p.mu.Unlock()
+	if kept == nil {
+		// Kept uncompressed: later clients may not accept gzip.
+		r.Header.Del("Accept-Encoding")
+		rec := httptest.NewRecorder()
+		p.rp.ServeHTTP(rec, r)
+		p.mu.Lock()
+		if p.kept[r.URL.Path] == nil {
+			p.kept[r.URL.Path] = rec
+		}
+		kept = p.kept[r.URL.Path]
+		p.mu.Unlock()
+	}
+	for k, v := range kept.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(kept.Code)
+	w.Write(kept.Body.Bytes())
 }
 
 // reset closes the client's connection with an RST instead of a FIN:
