@@ -25,9 +25,11 @@ import (
 )
 
 // Kinds of change the churn cycles through, in this order.
+// What one change adds, another removes six changes later: long enough for
+// every observer to show both, so that neither is lost in a batch.
 var churnKinds = []string{
-	"new instance", "deregistered instance", "health flip", "node meta", "node address",
-	"service tags", "service meta", "new service", "removed service", "maintenance on", "maintenance off",
+	"new instance", "maintenance on", "health flip", "new service", "node meta", "service tags",
+	"deregistered instance", "maintenance off", "node address", "removed service", "service meta",
 }
 
 const (
@@ -64,8 +66,11 @@ type churnRow struct {
 	KindRequests map[string][]int
 	PeakConns    int   // client connections to Consul open at once
 	PeakRSS      int64 // the adapter's, bytes; 0 for the built-in SD
-	Latency      map[string][]time.Duration
-	Missed       int
+	// Ready is the time from the adapter's start to its first file (a cold
+	// refresh, in its watch mode); 0 for the built-in SD.
+	Ready   time.Duration
+	Latency map[string][]time.Duration
+	Missed  int
 }
 
 type churnResult struct {
@@ -77,9 +82,10 @@ type churnResult struct {
 // measureChurn runs each observer alone against cat, first on the quiet
 // catalog, then under one change a second cycling through every kind, and
 // reports what each cost Consul and how fast each change reached it.
-func measureChurn(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, observers []churnObserver, quiet time.Duration, changes int) (*churnResult, error) {
+// Services below from were laid out by a smaller catalog (see base).
+func measureChurn(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, from int, observers []churnObserver, quiet time.Duration, changes int) (*churnResult, error) {
 	res := &churnResult{Services: cat.services, Instances: cat.instances, Quiet: quiet, Window: time.Duration(changes) * churnPace}
-	ch := newChurner(cat, a.Client)
+	ch := newChurner(cat, from, a.Client)
 	for _, o := range observers {
 		log.Printf("churn %d services: %s", cat.services, o.name)
 		row, err := within(func(sc *scope) (churnRow, error) {
@@ -147,6 +153,7 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 			addr = proxy.URL
 			args = append(args, "--consul.insecure-skip-verify")
 		}
+		started := time.Now()
 		daemon, err = bin.startDaemon(sc, addr, sc.dir, "churn", args)
 		if err != nil {
 			return row, err
@@ -154,6 +161,7 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 		if err := daemon.WaitReady(ctx, daemonReadyWait); err != nil {
 			return row, err
 		}
+		row.Ready = time.Since(started)
 		stop := followFile(daemon.Out, func(at time.Time, data []byte) {
 			tr.update(at, func(c *churnChange) map[string]string { return fileLabels(data, c.node, c.id) })
 		})
@@ -288,17 +296,19 @@ func (tr *churnTracker) allSeen() bool {
 // its size: what it adds it later removes.
 type churner struct {
 	cat     catalog
+	from    int // the first service laid out by cat
 	client  *api.Client
 	rng     *rand.Rand
 	seq     int
 	added   []*churnChange // new instances of existing services, to deregister
 	svcs    []*churnChange // new services, to remove
 	maint   *instanceRef   // the instance in maintenance
+	maintOn *churnChange   // the change that put it there
 	flipped map[string]bool
 }
 
-func newChurner(cat catalog, client *api.Client) *churner {
-	return &churner{cat: cat, client: client, rng: rand.New(rand.NewPCG(1, 2)), flipped: map[string]bool{}}
+func newChurner(cat catalog, from int, client *api.Client) *churner {
+	return &churner{cat: cat, from: from, client: client, rng: rand.New(rand.NewPCG(1, 2)), flipped: map[string]bool{}}
 }
 
 // size is the number of synthetic instances in the catalog now.
@@ -306,9 +316,12 @@ func (c *churner) size() int { return c.cat.services*c.cat.instances + len(c.add
 
 // base picks an instance of the synthetic catalog from a service whose
 // number has the given parity, so that health flips and maintenance never
-// meet on one instance.
+// meet on one instance. It picks from the services registered at the
+// catalog's current size: a grown catalog places the older ones on nodes
+// by the smaller size's layout.
 func (c *churner) base(parity int) (instanceRef, *api.CatalogRegistration) {
-	s := c.rng.IntN(c.cat.services/2)*2 + parity
+	s := c.from + c.rng.IntN((c.cat.services-c.from)/2)*2
+	s += (s + parity) % 2
 	return c.cat.instance(s, c.rng.IntN(c.cat.instances))
 }
 
@@ -325,7 +338,7 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 	}
 	switch kind {
 	case "new instance", "new service":
-		s := c.rng.IntN(c.cat.services)
+		s := c.from + c.rng.IntN(c.cat.services-c.from)
 		n := c.rng.IntN(c.cat.nodes())
 		ref := instanceRef{Node: nodeName(n), Service: serviceName(s), ID: "churn-" + mark}
 		if kind == "new service" {
@@ -372,9 +385,7 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 			return err
 		}
 	case "node meta", "node address":
-		n := c.rng.IntN(c.cat.nodes())
-		// The instance (n / instances, n % instances) lives on node n.
-		ref, reg := c.cat.instance(n/c.cat.instances, n%c.cat.instances)
+		ref, reg := c.base(c.rng.IntN(2))
 		node := &api.CatalogRegistration{Node: reg.Node, Address: reg.Address, NodeMeta: reg.NodeMeta, TaggedAddresses: reg.TaggedAddresses}
 		if kind == "node meta" {
 			node.NodeMeta["rack"] = mark
@@ -414,6 +425,7 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 		id := "_service_maintenance:" + ref.ID
 		ch.node, ch.id = ref.Node, ref.ID
 		if kind == "maintenance on" {
+			c.maintOn = ch
 			ch.want = health("maintenance")
 			call = func() error {
 				_, err := c.client.Catalog().Register(&api.CatalogRegistration{Node: ref.Node, SkipNodeUpdate: true,
@@ -421,7 +433,7 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 				return err
 			}
 		} else {
-			c.maint = nil
+			ch.after, c.maint, c.maintOn = c.maintOn, nil, nil
 			ch.want = health(api.HealthPassing)
 			call = func() error {
 				_, err := c.client.Catalog().Deregister(&api.CatalogDeregistration{Node: ref.Node, CheckID: id}, w)

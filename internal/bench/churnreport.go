@@ -32,22 +32,22 @@ func (r *report) churnTables() string {
 	for _, c := range r.churn {
 		fmt.Fprintf(&b, "### %s services × %d instances: %d changes, one a second, after %s quiet\n\n",
 			thousands(c.Services), c.Instances, c.Rows[0].Changes, c.Quiet)
-		b.WriteString("| Observer | Requests/min quiet | Requests/min churn | Requests per change | Consul CPU quiet (s/min) | Consul CPU churn (s/min) | Churn ÷ quiet | Adapter CPU churn (s/min) | Adapter peak RSS | Peak connections | Propagation p50 / p99, all kinds | Missed |\n")
-		b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		b.WriteString("| Observer | Requests/min quiet | Requests/min churn | Requests per change | Consul CPU quiet (s/min) | Consul CPU churn (s/min) | Churn ÷ quiet | Adapter CPU churn (s/min) | Adapter peak RSS | Start to first file | Peak connections | Propagation p50 / p99, all kinds | Missed |\n")
+		b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, row := range c.Rows {
 			all := slices.Concat(mapsValues(row.Latency)...)
 			acpu := "in-process"
 			if row.AdapterCPU >= 0 {
 				acpu = fmt.Sprintf("%.2f", row.AdapterCPU)
 			}
-			rss := "in-process"
+			rss, ready := "in-process", "–"
 			if row.PeakRSS > 0 {
-				rss = mb(row.PeakRSS)
+				rss, ready = mb(row.PeakRSS), secs(row.Ready)
 			}
-			fmt.Fprintf(&b, "| %s | %.1f | %s | %.1f | %.2f | %.2f | %s | %s | %s | %d | %s / %s | %d |\n",
+			fmt.Fprintf(&b, "| %s | %.1f | %s | %.1f | %.2f | %.2f | %s | %s | %s | %s | %d | %s / %s | %d |\n",
 				row.Observer, row.QuietRequests, thousands(int(row.ChurnRequests+0.5)), row.PerChange,
 				row.QuietAgentCPU, row.ChurnAgentCPU, ratioOf(row.ChurnAgentCPU, row.QuietAgentCPU), acpu,
-				rss, row.PeakConns, millis(rank(all, 50)), millis(rank(all, 99)), row.Missed)
+				rss, ready, row.PeakConns, millis(rank(all, 50)), millis(rank(all, 99)), row.Missed)
 		}
 		b.WriteString("\nBy kind: propagation p50 / max over the changes of that kind, from the Consul API call returning to the change in the adapter's file or on the built-in SD's `SyncCh`; then the mean number of requests to Consul from one change of the kind to the next change:\n\n")
 		b.WriteString("| Kind |")

@@ -287,7 +287,7 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 		return nil, err
 	}
 	var results []*churnResult
-	r, err := measureChurn(ctx, sc, bin, a, cat, observers, quiet, changes)
+	r, err := measureChurn(ctx, sc, bin, a, cat, 0, observers, quiet, changes)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +298,7 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 		if err := big.register(ctx, a.Client, services); err != nil {
 			return results, err
 		}
-		r, err := measureChurn(ctx, sc, bin, a, big, []churnObserver{adapterHTTPS, adapterHTTP}, quiet, changes)
+		r, err := measureChurn(ctx, sc, bin, a, big, services, []churnObserver{adapterHTTPS, adapterHTTP}, quiet, changes)
 		if err != nil {
 			return results, err
 		}
