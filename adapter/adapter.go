@@ -165,7 +165,12 @@ func (a *Adapter) Update(groups []*targetgroup.Group) error {
 	if d := f.Digest(); d == a.written {
 		f.Abort()
 	} else {
-		if err := f.Commit(); err != nil {
+		if err := f.Commit(); errors.Is(err, ErrDirNotSynced) {
+			// The file holds the new content: retrying would find it
+			// there and write nothing.
+			a.metrics.dirSyncFailures.Inc()
+			level.Warn(a.logger).Log("msg", "Replaced the output file, but syncing its directory failed: a crash may bring back the previous one", "file", a.path, "err", err)
+		} else if err != nil {
 			a.metrics.writeFailures.Inc()
 			return err
 		}

@@ -1,6 +1,7 @@
 package adapter
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,5 +56,45 @@ func TestNewRejectsWorldWritable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "custom_sd.json")
 	if _, err := New(Config{OutputFile: path, FileMode: 0o666}, log.NewNopLogger(), prometheus.NewRegistry()); err == nil {
 		t.Error("mode 0666 accepted")
+	}
+}
+
+// A directory fsync that fails after the rename: the file already holds the
+// new content, so the write is no failure to retry, but counted apart.
+func TestUpdateDirSyncFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "custom_sd.json")
+	a, err := New(Config{OutputFile: path, FileMode: 0o644}, log.NewNopLogger(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	realSyncDir := syncDir
+	defer func() { syncDir = realSyncDir }()
+	syncs := 0
+	syncDir = func(string) error { syncs++; return errors.New("input/output error") }
+
+	for range 2 {
+		if err := a.Update(sampleGroups()); err != nil {
+			t.Fatalf("Update: %v, want no error: the file was replaced", err)
+		}
+	}
+	want, _ := Render(sampleGroups(), JSON)
+	if got, _ := os.ReadFile(path); string(got) != string(want) {
+		t.Errorf("file holds %q, want %q", got, want)
+	}
+	if syncs != 1 {
+		t.Errorf("%d directory syncs for the same content twice, want 1: the second must find it written", syncs)
+	}
+	for name, m := range map[string]struct {
+		c    prometheus.Counter
+		want float64
+	}{
+		"writes": {a.metrics.writes, 1}, "write failures": {a.metrics.writeFailures, 0}, "directory sync failures": {a.metrics.dirSyncFailures, 1},
+	} {
+		if got := testutil.ToFloat64(m.c); got != m.want {
+			t.Errorf("%s: %v, want %v", name, got, m.want)
+		}
+	}
+	if !a.Ready() {
+		t.Error("not ready although the file holds the snapshot")
 	}
 }

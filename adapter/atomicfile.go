@@ -57,31 +57,42 @@ func (f *AtomicFile) Abort() {
 	os.Remove(f.tmp.Name())
 }
 
+// ErrDirNotSynced is in Commit's error when the file was replaced but its
+// directory could not be synced: readers already see the new content, and
+// only a crash before the file system writes the directory could bring the
+// old file back. Writing the same content again would change nothing.
+var ErrDirNotSynced = errors.New("output file replaced, but its directory not synced")
+
 // Commit makes the content durable and puts it in place of path: flush,
-// fsync, rename, fsync of the directory. On failure path is left as it was.
-func (f *AtomicFile) Commit() (err error) {
-	defer func() {
-		if err != nil {
-			f.Abort()
-		}
-	}()
-	if err = f.buf.Flush(); err != nil {
+// fsync, rename, fsync of the directory. If it fails before the rename,
+// path is left as it was; after, the error wraps ErrDirNotSynced.
+func (f *AtomicFile) Commit() error {
+	if err := f.replace(); err != nil {
+		f.Abort()
+		return err
+	}
+	if err := syncDir(filepath.Dir(f.path)); err != nil {
+		return fmt.Errorf("%w: %w", ErrDirNotSynced, err)
+	}
+	return nil
+}
+
+// replace is Commit up to the rename.
+func (f *AtomicFile) replace() error {
+	if err := f.buf.Flush(); err != nil {
 		return err
 	}
 	// CreateTemp makes 0600 files; the umask must not decide who can read.
-	if err = f.tmp.Chmod(f.mode); err != nil {
+	if err := f.tmp.Chmod(f.mode); err != nil {
 		return err
 	}
-	if err = f.tmp.Sync(); err != nil {
+	if err := f.tmp.Sync(); err != nil {
 		return err
 	}
-	if err = f.tmp.Close(); err != nil {
+	if err := f.tmp.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(f.tmp.Name(), f.path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(f.path))
+	return os.Rename(f.tmp.Name(), f.path)
 }
 
 // Digest identifies a file's content: its size and a 64-bit hash with a
@@ -122,8 +133,9 @@ func FileDigest(path string) (Digest, error) {
 	return d.digest(), nil
 }
 
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
+// syncDir makes a rename in dir durable. A variable, so that tests can make
+// it fail as only an I/O error makes it fail on a real file system.
+var syncDir = func(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

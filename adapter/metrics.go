@@ -3,9 +3,10 @@ package adapter
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	writes        prometheus.Counter
-	writeFailures prometheus.Counter
-	lastWrite     prometheus.Gauge
+	writes          prometheus.Counter
+	writeFailures   prometheus.Counter
+	dirSyncFailures prometheus.Counter
+	lastWrite       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -20,13 +21,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name:      "file_write_failures_total",
 			Help:      "Failed writes of the output file; the previous file stays in place.",
 		}),
+		dirSyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "consul_sd_adapter",
+			Name:      "file_dir_sync_failures_total",
+			Help:      "Writes that replaced the output file but could not fsync its directory: a crash may bring back the previous file.",
+		}),
 		lastWrite: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "consul_sd_adapter",
 			Name:      "last_file_write_timestamp_seconds",
 			Help:      "Unix time of the last successful write of the output file.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.lastWrite} {
+	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.dirSyncFailures, m.lastWrite} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

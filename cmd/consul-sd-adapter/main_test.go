@@ -495,6 +495,7 @@ func checkMetrics(t *testing.T, d *daemon) {
 		"consul_sd_adapter_consul_request_duration_seconds_bucket",
 		"consul_sd_adapter_file_writes_total",
 		"consul_sd_adapter_file_write_failures_total",
+		"consul_sd_adapter_file_dir_sync_failures_total",
 		"consul_sd_adapter_last_file_write_timestamp_seconds",
 		"consul_sd_adapter_build_info",
 		"prometheus_sd_discovered_targets",
