@@ -81,10 +81,15 @@ func flipHealth(groups []*targetgroup.Group) []*targetgroup.Group {
 // that in place of the old one (with fsync). Successive snapshots differ
 // in one target, so every operation rewrites the file. make bench runs it
 // and reports ns/op against the 300 ms target.
-func BenchmarkRenderWrite100k(b *testing.B) {
+func BenchmarkRenderWrite100k(b *testing.B) { benchRenderWrite(b, "custom_sd.json", adapter.JSON) }
+
+// BenchmarkRenderWrite100kYAML is BenchmarkRenderWrite100k to a .yml file.
+func BenchmarkRenderWrite100kYAML(b *testing.B) { benchRenderWrite(b, "custom_sd.yml", adapter.YAML) }
+
+func benchRenderWrite(b *testing.B, file string, f adapter.Format) {
 	snapshots := [2][]*targetgroup.Group{benchGroups(20000, 5)}
 	snapshots[1] = flipHealth(snapshots[0])
-	path := filepath.Join(b.TempDir(), "custom_sd.json")
+	path := filepath.Join(b.TempDir(), file)
 	a, err := adapter.New(adapter.Config{OutputFile: path, FileMode: 0o644}, log.NewNopLogger(), prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
@@ -101,7 +106,7 @@ func BenchmarkRenderWrite100k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	want, err := adapter.Render(snapshots[(n-1)%2], adapter.JSON)
+	want, err := adapter.Render(snapshots[(n-1)%2], f)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -113,11 +118,16 @@ func BenchmarkRenderWrite100k(b *testing.B) {
 
 // BenchmarkRender100k is the CPU part of BenchmarkRenderWrite100k alone:
 // conversion and JSON encoding, to io.Discard.
-func BenchmarkRender100k(b *testing.B) {
+func BenchmarkRender100k(b *testing.B) { benchRender(b, adapter.JSON) }
+
+// BenchmarkRender100kYAML is BenchmarkRender100k in YAML.
+func BenchmarkRender100kYAML(b *testing.B) { benchRender(b, adapter.YAML) }
+
+func benchRender(b *testing.B, f adapter.Format) {
 	groups := benchGroups(20000, 5)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := adapter.Write(io.Discard, groups, adapter.JSON); err != nil {
+		if err := adapter.Write(io.Discard, groups, f); err != nil {
 			b.Fatal(err)
 		}
 	}
