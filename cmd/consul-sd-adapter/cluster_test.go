@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -166,29 +165,11 @@ func startAgain(t *testing.T, a *consultest.Agent) {
 // clusterTruth reads what the file should say through the client agent,
 // from the leader; it fails while there is none.
 func clusterTruth(c *consultest.Cluster) (catalogView, error) {
-	client := c.Client.Client
-	services, _, err := client.Catalog().Services(nil)
+	entries, err := consultest.AllEntries(c.Client.Client)
 	if err != nil {
 		return nil, err
 	}
-	v := catalogView{}
-	for name := range services {
-		if name == "consul" {
-			continue
-		}
-		entries, _, err := client.Health().Service(name, "", false, nil)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			host := e.Service.Address
-			if host == "" {
-				host = e.Node.Address
-			}
-			v[e.Node.Node+"/"+e.Service.ID] = host + ":" + strconv.Itoa(e.Service.Port) + " " + e.Checks.AggregatedStatus()
-		}
-	}
-	return v, nil
+	return viewOf(entries), nil
 }
 
 // waitForClusterTruth waits until the file decodes and equals the truth.

@@ -83,27 +83,22 @@ func decodeFile(path string) (catalogView, []byte, error) {
 // truth asks the agent directly what the file should say.
 func truth(t *testing.T, agent *consultest.Agent) catalogView {
 	t.Helper()
-	services, _, err := agent.Client.Catalog().Services(nil)
+	entries, err := consultest.AllEntries(agent.Client)
 	if err != nil {
 		t.Fatalf("reading the truth from the agent: %v", err)
 	}
+	return viewOf(entries)
+}
+
+// viewOf is what a file should say of these instances.
+func viewOf(entries []*api.ServiceEntry) catalogView {
 	v := catalogView{}
-	for name := range services {
-		if name == "consul" {
-			continue
+	for _, e := range entries {
+		host := e.Service.Address
+		if host == "" {
+			host = e.Node.Address
 		}
-		entries, _, err := agent.Client.Health().Service(name, "", false, nil)
-		if err != nil {
-			t.Fatalf("reading the truth from the agent: %v", err)
-		}
-		for _, e := range entries {
-			host := e.Service.Address
-			if host == "" {
-				host = e.Node.Address
-			}
-			addr := host + ":" + strconv.Itoa(e.Service.Port)
-			v[e.Node.Node+"/"+e.Service.ID] = addr + " " + e.Checks.AggregatedStatus()
-		}
+		v[e.Node.Node+"/"+e.Service.ID] = host + ":" + strconv.Itoa(e.Service.Port) + " " + e.Checks.AggregatedStatus()
 	}
 	return v
 }

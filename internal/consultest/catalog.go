@@ -140,3 +140,30 @@ func (a *Agent) DeregisterNode(t testing.TB, node string) {
 		t.Fatalf("consultest: deregistering node %s: %v", node, err)
 	}
 }
+
+// AllEntries returns every instance of every service but Consul's own, read
+// from the leader: what the adapter's file should list. An instance appears
+// once, under the name it was registered with, although Consul's lookup by
+// name ignores case.
+func AllEntries(client *api.Client) ([]*api.ServiceEntry, error) {
+	services, _, err := client.Catalog().Services(nil)
+	if err != nil {
+		return nil, err
+	}
+	var all []*api.ServiceEntry
+	for name := range services {
+		if name == "consul" {
+			continue
+		}
+		entries, _, err := client.Health().Service(name, "", false, nil)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.Service.Service == name {
+				all = append(all, e)
+			}
+		}
+	}
+	return all, nil
+}

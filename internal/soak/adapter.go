@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
 )
 
@@ -49,27 +51,18 @@ func fileView(path string) (view, error) {
 
 // consulView asks Consul what the file should say.
 func consulView(client *api.Client) (view, error) {
-	services, _, err := client.Catalog().Services(nil)
+	entries, err := consultest.AllEntries(client)
 	if err != nil {
 		return nil, err
 	}
 	v := view{}
-	for name := range services {
-		if name == "consul" {
-			continue
+	for _, e := range entries {
+		host := e.Service.Address
+		if host == "" {
+			host = e.Node.Address
 		}
-		entries, _, err := client.Health().Service(name, "", false, nil)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			host := e.Service.Address
-			if host == "" {
-				host = e.Node.Address
-			}
-			v[e.Node.Node+"/"+e.Service.ID] = describe(net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
-				e.Checks.AggregatedStatus(), ","+strings.Join(e.Service.Tags, ",")+",", e.Node.Meta["rack"])
-		}
+		v[e.Node.Node+"/"+e.Service.ID] = describe(net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
+			e.Checks.AggregatedStatus(), ","+strings.Join(e.Service.Tags, ",")+",", e.Node.Meta["rack"])
 	}
 	return v, nil
 }
