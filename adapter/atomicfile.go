@@ -103,6 +103,10 @@ type Digest struct {
 	Hash uint64
 }
 
+// hashSeed is fixed per process: digests compare contents in memory, they
+// are never stored.
+var hashSeed = maphash.MakeSeed()
+
 type digester struct {
 	h    maphash.Hash
 	size int64

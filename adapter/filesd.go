@@ -2,9 +2,7 @@ package adapter
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"path/filepath"
 	"slices"
@@ -16,7 +14,9 @@ import (
 	"go.yaml.in/yaml/v2"
 )
 
-// Entry is one element of a file_sd file: targets that share every label.
+// Entry is one element of a file_sd file. The adapter writes one target
+// per entry: file_sd has labels per entry only, and no two Consul instances
+// share a label set (each has its own __meta_consul_service_id).
 type Entry struct {
 	Targets []string
 	Labels  []Label // sorted by name
@@ -67,12 +67,8 @@ func sortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
 func Entries(groups []*targetgroup.Group) []Entry {
 	var entries []Entry
 	var c converter
-	c.each(groups, func(targets []string, labels []label) error {
-		e := Entry{Targets: slices.Clone(targets), Labels: make([]Label, len(labels))}
-		for i, l := range labels {
-			e.Labels[i] = Label{Name: c.names.list[l.id].name, Value: l.value}
-		}
-		entries = append(entries, e)
+	c.each(groups, func(target string, labels []Label) error {
+		entries = append(entries, Entry{Targets: []string{target}, Labels: slices.Clone(labels)})
 		return nil
 	})
 	return entries
@@ -82,212 +78,80 @@ func Entries(groups []*targetgroup.Group) []Entry {
 // reusing its buffers, so that writing a file of any size allocates about
 // as much as its largest group needs.
 //
-// file_sd carries labels per entry only, so each target's own labels
-// (merged over its group's) decide its entry: targets of one group with
-// equal label sets share one, all others get their own. Labels with empty
-// values are left out: Prometheus treats an empty label as absent.
+// Each target's labels are its own merged over its group's, sorted by name.
+// Labels with empty values are left out: Prometheus treats an empty label
+// as absent.
 type converter struct {
-	names       nameTable
-	groupLabels []label // the group's, by name
-	own         []label // one target's, by name
-	arena       []label // the labels of the group's entries, back to back
-	entries     []pendingEntry
-	byHash      map[uint64]int // first entry of each label hash, in large groups
+	groupLabels []Label // the group's, by name
+	own         []Label // one target's, by name
+	arena       []Label // the labels of the group's targets, back to back
+	targets     []pendingTarget
 }
 
-// label is a Label with its name interned in the converter's nameTable.
-type label struct {
-	id    int32 // the name's index in the table
-	rank  int32 // the name's place in sorted order, when the label was sorted
-	value string
-}
-
-// nameTable interns the label names of one conversion. A catalog has few
-// distinct names, repeated on every target: sorting by a precomputed rank
-// and copying a pre-encoded name is much cheaper than comparing and
-// escaping the strings again for each of 100,000 targets.
-type nameTable struct {
-	index map[model.LabelName]int32
-	list  []nameInfo
-	dirty bool // a name was added since ranks were computed
-	gen   int  // counts rank computations
-}
-
-type nameInfo struct {
-	name string
-	json []byte // `"name":`
-	rank int32
-}
-
-func (t *nameTable) id(n model.LabelName) int32 {
-	if i, ok := t.index[n]; ok {
-		return i
-	}
-	if t.index == nil {
-		t.index = map[model.LabelName]int32{}
-	}
-	i := int32(len(t.list))
-	t.index[n] = i
-	t.list = append(t.list, nameInfo{name: string(n), json: append(appendJSONString(nil, string(n)), ':')})
-	t.dirty = true
-	return i
-}
-
-// sort orders labels by name.
-func (t *nameTable) sort(labels []label) {
-	if t.dirty {
-		order := make([]int32, len(t.list))
-		for i := range order {
-			order[i] = int32(i)
-		}
-		slices.SortFunc(order, func(a, b int32) int { return strings.Compare(t.list[a].name, t.list[b].name) })
-		for rank, i := range order {
-			t.list[i].rank = int32(rank)
-		}
-		t.dirty = false
-		t.gen++
-	}
-	for i := range labels {
-		labels[i].rank = t.list[labels[i].id].rank
-	}
-	slices.SortFunc(labels, func(a, b label) int { return int(a.rank - b.rank) })
-}
-
-// pendingEntry is an entry of the current group: its labels are
+// pendingTarget is a target of the current group: its labels are
 // arena[lo:hi] (offsets, because the arena may move as it grows).
-type pendingEntry struct {
-	lo, hi  int
-	targets []string
-	next    int // the next entry with the same label hash, or -1
+type pendingTarget struct {
+	addr   string
+	lo, hi int
 }
 
-// linearLimit is the group size up to which a target's labels are compared
-// with every entry before it; above it, hashing them is cheaper.
-const linearLimit = 16
-
-// each calls fn for every entry of groups, in file order: groups by
-// source, then each group's entries by first target.
-func (c *converter) each(groups []*targetgroup.Group, fn func(targets []string, labels []label) error) error {
+// each calls fn for every target of groups with its labels, in file order:
+// groups by source, then each group's targets by address. The labels are
+// only valid during the call.
+func (c *converter) each(groups []*targetgroup.Group, fn func(target string, labels []Label) error) error {
 	for _, g := range sortGroups(groups) {
-		if err := c.group(g, fn); err != nil {
-			return err
+		c.groupLabels = appendSorted(c.groupLabels[:0], g.Labels)
+		c.arena, c.targets = c.arena[:0], c.targets[:0]
+		for _, t := range g.Targets {
+			addr := t[model.AddressLabel]
+			if addr == "" {
+				continue // no address: nothing to scrape
+			}
+			c.own = appendSorted(c.own[:0], t)
+			lo := len(c.arena)
+			c.arena = appendMerged(c.arena, c.own, c.groupLabels)
+			c.targets = append(c.targets, pendingTarget{addr: string(addr), lo: lo, hi: len(c.arena)})
+		}
+		slices.SortFunc(c.targets, func(a, b pendingTarget) int {
+			if c := strings.Compare(a.addr, b.addr); c != 0 {
+				return c
+			}
+			return slices.CompareFunc(c.arena[a.lo:a.hi], c.arena[b.lo:b.hi], compareLabels)
+		})
+		for _, t := range c.targets {
+			if err := fn(t.addr, c.arena[t.lo:t.hi]); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
-}
-
-// group calls fn for each entry of g, ordered by first target. The slices
-// fn gets are only valid during the call.
-func (c *converter) group(g *targetgroup.Group, fn func(targets []string, labels []label) error) error {
-	c.groupLabels = c.appendSorted(c.groupLabels[:0], g.Labels)
-	groupGen := c.names.gen
-	c.arena, c.entries = c.arena[:0], c.entries[:0]
-	hashed := len(g.Targets) > linearLimit
-	if hashed {
-		if c.byHash == nil {
-			c.byHash = map[uint64]int{}
-		}
-		clear(c.byHash)
-	}
-	for _, t := range g.Targets {
-		addr := t[model.AddressLabel]
-		if addr == "" {
-			continue // no address: nothing to scrape
-		}
-		c.own = c.appendSorted(c.own[:0], t)
-		if c.names.gen != groupGen {
-			// A new name moved the ranks: the group's labels keep their
-			// order but need the new ones to merge with the target's.
-			for i := range c.groupLabels {
-				c.groupLabels[i].rank = c.names.list[c.groupLabels[i].id].rank
-			}
-			groupGen = c.names.gen
-		}
-		lo := len(c.arena)
-		c.arena = appendMerged(c.arena, c.own, c.groupLabels)
-		labels := c.arena[lo:]
-		same := func(i int) bool { return sameLabels(c.arena[c.entries[i].lo:c.entries[i].hi], labels) }
-		i, chain := -1, -1
-		if hashed {
-			h := hashLabels(labels)
-			first, ok := c.byHash[h]
-			if !ok {
-				first = -1
-			}
-			for i = first; i >= 0 && !same(i); i = c.entries[i].next {
-			}
-			if i < 0 {
-				c.byHash[h] = len(c.entries)
-				chain = first
-			}
-		} else {
-			for i = len(c.entries) - 1; i >= 0 && !same(i); i-- {
-			}
-		}
-		if i >= 0 { // an earlier target has these labels: share its entry
-			c.entries[i].targets = append(c.entries[i].targets, string(addr))
-			c.arena = c.arena[:lo]
-			continue
-		}
-		c.addEntry(lo, len(c.arena), string(addr), chain)
-	}
-	for i := range c.entries {
-		e := &c.entries[i]
-		if len(e.targets) > 1 {
-			slices.Sort(e.targets)
-			e.targets = slices.Compact(e.targets)
-		}
-	}
-	slices.SortFunc(c.entries, func(a, b pendingEntry) int {
-		if c := strings.Compare(a.targets[0], b.targets[0]); c != 0 {
-			return c
-		}
-		return c.compareLabels(c.arena[a.lo:a.hi], c.arena[b.lo:b.hi])
-	})
-	for _, e := range c.entries {
-		if err := fn(e.targets, c.arena[e.lo:e.hi]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// addEntry starts an entry, reusing the targets slice of an earlier group's.
-func (c *converter) addEntry(lo, hi int, target string, next int) {
-	if n := len(c.entries); n < cap(c.entries) {
-		c.entries = c.entries[:n+1]
-		e := &c.entries[n]
-		e.lo, e.hi, e.next, e.targets = lo, hi, next, append(e.targets[:0], target)
-		return
-	}
-	c.entries = append(c.entries, pendingEntry{lo: lo, hi: hi, next: next, targets: []string{target}})
 }
 
 // appendSorted appends ls without the address, sorted by name. Empty values
 // stay: a target's empty label unsets its group's.
-func (c *converter) appendSorted(dst []label, ls model.LabelSet) []label {
+func appendSorted(dst []Label, ls model.LabelSet) []Label {
 	n := len(dst)
 	for name, v := range ls {
 		if name != model.AddressLabel {
-			dst = append(dst, label{id: c.names.id(name), value: string(v)})
+			dst = append(dst, Label{Name: string(name), Value: string(v)})
 		}
 	}
-	c.names.sort(dst[n:])
+	slices.SortFunc(dst[n:], func(a, b Label) int { return strings.Compare(a.Name, b.Name) })
 	return dst
 }
 
 // appendMerged appends the union of two label lists sorted by name, in
 // order and without empty values; on a name in both, the target's label
 // wins.
-func appendMerged(dst, target, group []label) []label {
+func appendMerged(dst, target, group []Label) []Label {
 	i, j := 0, 0
 	for i < len(target) || j < len(group) {
-		var l label
+		var l Label
 		switch {
-		case j == len(group) || (i < len(target) && target[i].rank < group[j].rank):
+		case j == len(group) || (i < len(target) && target[i].Name < group[j].Name):
 			l = target[i]
 			i++
-		case i == len(target) || group[j].rank < target[i].rank:
+		case i == len(target) || group[j].Name < target[i].Name:
 			l = group[j]
 			j++
 		default: // the same name
@@ -295,46 +159,18 @@ func appendMerged(dst, target, group []label) []label {
 			i++
 			j++
 		}
-		if l.value != "" {
+		if l.Value != "" {
 			dst = append(dst, l)
 		}
 	}
 	return dst
 }
 
-// hashSeed is fixed per process: hashes group label sets and compare file
-// contents in memory, they never reach the output.
-var hashSeed = maphash.MakeSeed()
-
-func hashLabels(labels []label) uint64 {
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
-	var id [4]byte
-	for _, l := range labels {
-		binary.LittleEndian.PutUint32(id[:], uint32(l.id))
-		h.Write(id[:])
-		h.WriteString(l.value)
-		h.WriteByte(0xff) // valid in no UTF-8 value
+func compareLabels(a, b Label) int {
+	if c := strings.Compare(a.Name, b.Name); c != 0 {
+		return c
 	}
-	return h.Sum64()
-}
-
-// sameLabels reports whether two label lists sorted by name are equal.
-func sameLabels(a, b []label) bool {
-	return slices.EqualFunc(a, b, func(x, y label) bool { return x.id == y.id && x.value == y.value })
-}
-
-// compareLabels orders two label lists sorted by name.
-func (c *converter) compareLabels(a, b []label) int {
-	for i := range min(len(a), len(b)) {
-		if a[i].id != b[i].id {
-			return strings.Compare(c.names.list[a[i].id].name, c.names.list[b[i].id].name)
-		}
-		if c := strings.Compare(a[i].value, b[i].value); c != 0 {
-			return c
-		}
-	}
-	return len(a) - len(b)
+	return strings.Compare(a.Value, b.Value)
 }
 
 // Format is the encoding of the output file.
@@ -369,10 +205,10 @@ func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
 	var c converter
 	var buf []byte
 	n := 0
-	writeEntry := func(targets []string, labels []label) error {
+	writeEntry := func(target string, labels []Label) error {
 		buf = buf[:0]
 		if f == YAML {
-			b, err := yaml.Marshal([]yamlEntry{c.yamlEntry(targets, labels)})
+			b, err := yaml.Marshal([]yamlEntry{newYAMLEntry(target, labels)})
 			if err != nil {
 				return err
 			}
@@ -383,7 +219,7 @@ func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
 			} else {
 				buf = append(buf, ",\n"...)
 			}
-			buf = c.appendJSONEntry(buf, targets, labels)
+			buf = appendJSONEntry(buf, target, labels)
 		}
 		n++
 		_, err := w.Write(buf)
@@ -413,21 +249,17 @@ func Render(groups []*targetgroup.Group, f Format) ([]byte, error) {
 // hand because encoding/json sorts every label map again through
 // reflection, which made writing large catalogs several times slower than
 // everything else.
-func (c *converter) appendJSONEntry(b []byte, targets []string, labels []label) []byte {
+func appendJSONEntry(b []byte, target string, labels []Label) []byte {
 	b = append(b, `{"targets":[`...)
-	for j, t := range targets {
-		if j > 0 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, t)
-	}
+	b = appendJSONString(b, target)
 	b = append(b, `],"labels":{`...)
 	for j, l := range labels {
 		if j > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, c.names.list[l.id].json...)
-		b = appendJSONString(b, l.value)
+		b = appendJSONString(b, l.Name)
+		b = append(b, ':')
+		b = appendJSONString(b, l.Value)
 	}
 	return append(b, "}}"...)
 }
@@ -493,10 +325,10 @@ type yamlEntry struct {
 	Labels  yaml.MapSlice `yaml:"labels"`
 }
 
-func (c *converter) yamlEntry(targets []string, labels []label) yamlEntry {
+func newYAMLEntry(target string, labels []Label) yamlEntry {
 	ms := make(yaml.MapSlice, len(labels))
 	for j, l := range labels {
-		ms[j] = yaml.MapItem{Key: c.names.list[l.id].name, Value: l.value}
+		ms[j] = yaml.MapItem{Key: l.Name, Value: l.Value}
 	}
-	return yamlEntry{Targets: targets, Labels: ms}
+	return yamlEntry{Targets: []string{target}, Labels: ms}
 }
