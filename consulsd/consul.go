@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -33,6 +35,9 @@ const consulService = "consul"
 // errACLFiltered is returned when Consul hid every result from our ACL
 // token. Consul answers such reads with 200 and an empty list; taken at face
 // value that would delete every target, so it fails the round instead.
+// errFilterRejected is returned when Consul refuses the filter expression.
+var errFilterRejected = errors.New("Consul rejected the filter expression")
+
 var errACLFiltered = errors.New("the ACL token may read nothing in the catalog (Consul hides what a token may not read): check the token and its service:read and node:read permissions")
 
 // Config says where Consul is and what to discover. The zero value of a
@@ -128,6 +133,9 @@ type Discovery struct {
 	targets   int
 
 	status statusRecorder
+	// warned holds the allow-listed names Consul lacks that were warned
+	// about; only the goroutine that lists services touches it.
+	warned map[string]bool
 }
 
 // Status returns how the latest rounds went. Safe for concurrent use.
@@ -166,8 +174,18 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if err != nil {
 		return nil, err
 	}
+	conf := clientConfig(cfg)
+	if err := checkAddress(conf); err != nil {
+		return nil, err
+	}
+	var tokens *tokenFile
+	if conf.TokenFile != "" {
+		if tokens, err = readTokenFile(conf.TokenFile); err != nil {
+			return nil, err
+		}
+	}
 	// One request per slot of the round, each connection kept for the next.
-	client, err := newClient(cfg, m, cfg.MaxConcurrency, true)
+	client, err := newClient(cfg, m, tokens, cfg.MaxConcurrency, true)
 	if err != nil {
 		return nil, err
 	}
@@ -176,16 +194,16 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	// reused connection dies before an answer, and when the agent restarts on
 	// the same port that retry would block on the old, now too high, index
 	// instead of failing and starting over.
-	watchClient, err := newClient(cfg, m, watchedTables, false)
+	watchClient, err := newClient(cfg, m, tokens, watchedTables, false)
 	if err != nil {
 		return nil, err
 	}
-	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}}
+	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}, warned: map[string]bool{}}
 	if cfg.Watch && cfg.WatchMode == WatchServices {
 		// Kept alive: HTTP/2 carries every service's query on a few
 		// connections. After an agent restart the list watch, on its
 		// own fresh connections, notices and starts every query over.
-		if d.serviceWatchClient, err = newClient(cfg, m, serviceWatchConns, true); err != nil {
+		if d.serviceWatchClient, err = newClient(cfg, m, tokens, serviceWatchConns, true); err != nil {
 			return nil, err
 		}
 	}
@@ -224,10 +242,40 @@ func usesHTTPS(conf *api.Config) bool {
 	return conf.Scheme == "https"
 }
 
+// checkAddress refuses an address no request could be made to, at start
+// rather than with a failed round every few seconds forever.
+func checkAddress(conf *api.Config) error {
+	addr := conf.Address
+	if !strings.Contains(addr, "://") {
+		addr = conf.Scheme + "://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err == nil && u.Host == "" && u.Scheme != "unix" {
+		err = errors.New("no host")
+	}
+	if err == nil && u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" {
+		err = fmt.Errorf("scheme %q is none of http, https, unix", u.Scheme)
+	}
+	if err != nil {
+		return fmt.Errorf("invalid Consul address %q: %v", conf.Address, err)
+	}
+	return nil
+}
+
 // newClient builds a Consul client, from the environment first and flags on
-// top, with at most conns connections.
-func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, error) {
+// top, with at most conns connections. With a token file, the token is set
+// on each request from the file's latest version.
+func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive bool) (*api.Client, error) {
 	conf := clientConfig(cfg)
+	if path, ok := strings.CutPrefix(conf.Address, "unix://"); ok {
+		// consul/api would swap in an HTTP client of its own for a
+		// socket, without our limits and instrumentation: dial the socket
+		// from ours instead.
+		conf.Address, conf.Scheme = "consul.sock", "http"
+		conf.Transport.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}
+	}
 
 	conf.Transport.MaxIdleConnsPerHost = conns
 	conf.Transport.MaxConnsPerHost = conns
@@ -238,6 +286,10 @@ func newClient(cfg Config, m *metrics, conns int, keepAlive bool) (*api.Client, 
 	httpClient, err := api.NewHttpClient(conf.Transport, conf.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS configuration: %w", err)
+	}
+	if tokens != nil {
+		conf.TokenFile, conf.Token = "", ""
+		httpClient.Transport = &tokenTransport{next: httpClient.Transport, tokens: tokens}
 	}
 	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, metrics: m}
 	conf.HttpClient = httpClient
@@ -443,14 +495,36 @@ func (d *Discovery) listServices(ctx context.Context) ([]string, uint64, error) 
 	if len(services) == 0 {
 		return nil, 0, errACLFiltered
 	}
+	names := d.wantedNames(services)
+	sort.Strings(names)
+	return names, meta.LastIndex, nil
+}
+
+// wantedNames returns the services to discover from Consul's list, and
+// warns once about each allow-listed name that Consul does not have: the
+// file then lists nothing for it, which would otherwise look like a service
+// without instances.
+func (d *Discovery) wantedNames(services map[string][]string) []string {
 	names := make([]string, 0, len(services))
 	for name, tags := range services {
 		if d.wanted(name, tags) {
 			names = append(names, name)
 		}
 	}
-	sort.Strings(names)
-	return names, meta.LastIndex, nil
+	missing := 0
+	for _, name := range d.cfg.Services {
+		if _, ok := services[name]; ok {
+			delete(d.warned, name)
+			continue
+		}
+		missing++
+		if !d.warned[name] {
+			d.warned[name] = true
+			level.Warn(d.logger).Log("msg", "Consul has no service of this name; it is discovered once registered", "service", name)
+		}
+	}
+	d.metrics.servicesNotFound.Set(float64(missing))
+	return names
 }
 
 // wanted applies the allow-list, and skips services whose catalog tags (the
@@ -483,7 +557,18 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string, stale boo
 	if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
 		return nil, errACLFiltered
 	}
-	return registeredAs(name, entries), err
+	return registeredAs(name, entries), d.filterRejected(err)
+}
+
+// filterRejected names the filter expression when Consul refused it. Consul
+// answers 500 with "Failed to create boolean expression evaluator" (400 in
+// some versions) to a query whose filter does not parse or names no field.
+func (d *Discovery) filterRejected(err error) error {
+	var status api.StatusError
+	if d.cfg.Filter != "" && errors.As(err, &status) && strings.Contains(status.Body, "boolean expression") {
+		return fmt.Errorf("%w %q (--consul.filter): %w", errFilterRejected, d.cfg.Filter, err)
+	}
+	return err
 }
 
 // registeredAs keeps the entries registered under exactly name. Consul looks

@@ -25,19 +25,21 @@ const (
 	reasonDecode     = "decode"      // the answer could not be decoded
 	reasonConnection = "connection"  // anything else: refused, reset, TLS, DNS
 	reasonACL        = "acl"         // Consul hid every result from our token
+	reasonFilter     = "filter"      // Consul rejected the filter expression
 )
 
 type metrics struct {
-	refreshDuration prometheus.Histogram
-	refreshes       *prometheus.CounterVec
-	failures        *prometheus.CounterVec
-	lastSuccess     prometheus.Gauge
-	services        prometheus.Gauge
-	targets         prometheus.Gauge
-	requestDuration *prometheus.HistogramVec
-	blockingQueries *prometheus.CounterVec
-	lastContact     prometheus.Gauge
-	unknownLeader   prometheus.Counter
+	refreshDuration  prometheus.Histogram
+	refreshes        *prometheus.CounterVec
+	failures         *prometheus.CounterVec
+	lastSuccess      prometheus.Gauge
+	services         prometheus.Gauge
+	targets          prometheus.Gauge
+	requestDuration  *prometheus.HistogramVec
+	blockingQueries  *prometheus.CounterVec
+	lastContact      prometheus.Gauge
+	servicesNotFound prometheus.Gauge
+	unknownLeader    prometheus.Counter
 	// maxContact is the largest X-Consul-LastContact, in milliseconds, of
 	// the answers since the last flushStaleness.
 	maxContact atomic.Int64
@@ -59,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "refresh_failures_total",
-			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection, acl).",
+			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection, acl, filter).",
 		}, []string{"reason"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace,
@@ -82,6 +84,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:      "Duration of HTTP requests to Consul by endpoint and status code (0: no answer).",
 			Buckets:   []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"endpoint", "code"}),
+		servicesNotFound: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "services_not_found",
+			Help:      "Services of the allow-list (--consul.service) that Consul does not have.",
+		}),
 		lastContact: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace,
 			Name:      "consul_last_contact_seconds",
@@ -101,12 +108,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"success", "failure"} {
 		m.refreshes.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL} {
+	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{
 		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration, m.blockingQueries,
-		m.lastContact, m.unknownLeader,
+		m.lastContact, m.unknownLeader, m.servicesNotFound,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -125,6 +132,8 @@ func failureReason(err error) string {
 		return reasonTimeout
 	case errors.Is(err, errACLFiltered):
 		return reasonACL
+	case errors.Is(err, errFilterRejected):
+		return reasonFilter
 	case errors.As(err, &status):
 		return reasonHTTPStatus
 	case errors.As(err, &syntax), errors.As(err, &typ), errors.Is(err, io.ErrUnexpectedEOF):

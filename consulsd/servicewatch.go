@@ -245,12 +245,7 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 		// Went backwards: Consul lost state (a restart, a restored
 		// snapshot), and parked queries may wait for indexes it lacks.
 		restart = restart || next < index
-		names := make([]string, 0, len(services))
-		for name, tags := range services {
-			if d.wanted(name, tags) {
-				names = append(names, name)
-			}
-		}
+		names := d.wantedNames(services)
 		select {
 		case lists <- serviceList{names: names, restart: restart}:
 		case <-ctx.Done():
@@ -301,7 +296,7 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 		if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
 			err = errACLFiltered
 		}
-		entries = registeredAs(name, entries)
+		entries, err = registeredAs(name, entries), d.filterRejected(err)
 		if err != nil {
 			if ctx.Err() != nil {
 				return

@@ -356,3 +356,39 @@ func TestOutputFileMode(t *testing.T) {
 		t.Errorf("replaced file: mode %v, want 0644", st.Mode())
 	}
 }
+
+// TestTokenRotation rotates the ACL token under a running daemon as Vault
+// does: a new token is written to the token file, then the old one is
+// deleted in Consul. The daemon goes on with the new token, unrestarted.
+func TestTokenRotation(t *testing.T) {
+	agent := consultest.Start(t, consultest.WithACL(managementToken))
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
+	old := createToken(t, agent, "rotation-old", readRules)
+	tokenFile := writeSecret(t, old)
+	out := filepath.Join(t.TempDir(), "custom_sd.json")
+	d := startDaemon(t, nil, "--listen.address="+agent.Addr, "--consul.token-file="+tokenFile,
+		"--refresh.interval=1s", "--output.file="+out)
+	waitForTruth(t, agent, out)
+
+	// Written beside the file and renamed over it, as Vault's agent does.
+	next := createToken(t, agent, "rotation-new", readRules)
+	tmp := tokenFile + ".new"
+	if err := os.WriteFile(tmp, []byte(next+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	self, _, err := agent.Client.ACL().TokenReadSelf(&api.QueryOptions{Token: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Client.ACL().TokenDelete(self.AccessorID, nil); err != nil {
+		t.Fatal(err)
+	}
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", NodeAddress: "10.0.0.2", Service: "web", Port: 80})
+	waitForTruth(t, agent, out)
+	if acl := d.failures("acl") + d.failures("http_status"); acl != 0 {
+		t.Errorf("%v rounds failed on the token after the rotation, want none: the new token was read at once", acl)
+	}
+}
