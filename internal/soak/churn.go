@@ -25,6 +25,9 @@ type churner struct {
 	meta map[string]map[string]string
 	// counts of operations done, by kind.
 	ops map[string]int
+	// tolerate counts a write Consul refuses instead of stopping: in a
+	// cluster whose leader is killed on purpose.
+	tolerate bool
 }
 
 type instance struct {
@@ -76,7 +79,11 @@ func (c *churner) run(ctx context.Context, every time.Duration) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if !c.tolerate {
+				return err
+			}
+			// A cluster without a leader refuses writes for a moment.
+			c.ops["refused"]++
 		}
 	}
 }

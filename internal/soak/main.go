@@ -17,6 +17,12 @@
 //     over the last third of the run is at most -heap-growth times that of
 //     the first third;
 //   - the adapter exits 0 on SIGTERM.
+//
+// With -cluster it runs a client agent in front of three servers instead,
+// points the adapter at the client agent, and kills the leader (SIGKILL)
+// every -leader-kill, starting it again a few seconds later. Rounds that
+// fail while there is no leader are reported, not failures of the soak;
+// every other criterion holds as above.
 package main
 
 import (
@@ -55,6 +61,8 @@ type options struct {
 	heapGrowth     float64
 	keep           bool
 	seed           uint64
+	cluster        bool
+	leaderKill     time.Duration
 }
 
 func main() {
@@ -69,6 +77,8 @@ func main() {
 	flag.Float64Var(&o.heapGrowth, "heap-growth", 1.5, "largest tolerated ratio of the last third's average heap in use to the first third's")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, output file) also after a success")
 	flag.Uint64Var(&o.seed, "seed", uint64(time.Now().UnixNano()), "seed of the churn")
+	flag.BoolVar(&o.cluster, "cluster", false, "run against a client agent in front of three servers, killing the leader every -leader-kill")
+	flag.DurationVar(&o.leaderKill, "leader-kill", 2*time.Minute, "with -cluster, how often the leader is killed")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("soak: ")
@@ -148,9 +158,20 @@ func run(o options) int {
 		}
 	}()
 
-	agent, err := consultest.Launch(consulBin, dir)
-	if agent != nil {
-		defer agent.Stop()
+	var agent *consultest.Agent
+	var cluster *consultest.Cluster
+	if o.cluster {
+		log.Print("starting three Consul servers and a client agent")
+		cluster, err = consultest.LaunchCluster(consulBin, dir)
+		if cluster != nil {
+			defer cluster.Stop()
+			agent = cluster.Client
+		}
+	} else {
+		agent, err = consultest.Launch(consulBin, dir)
+		if agent != nil {
+			defer agent.Stop()
+		}
 	}
 	if err != nil {
 		log.Print(err)
@@ -168,6 +189,7 @@ func run(o options) int {
 	}
 
 	ch := newChurner(agent.Client, o.nodes, o.services, o.maxInstances, o.seed)
+	ch.tolerate = o.cluster
 	if err := ch.seed(ctx, o.maxInstances/2); err != nil {
 		log.Print(err)
 		return 1
@@ -196,7 +218,18 @@ func run(o options) int {
 	}
 	log.Printf("churning %s at %.1f changes/s over %d nodes x %d services (at most %d instances), seed %d",
 		o.duration, o.rate, o.nodes, o.services, o.maxInstances, o.seed)
+	var kills *leaderKiller
+	if o.cluster {
+		kills = killLeaders(ctx, cluster, o.leaderKill)
+	}
 	samples, churnErr := churnAndSample(ctx, o, ch, d)
+	if kills != nil {
+		if err := kills.end(); err != nil {
+			log.Print(err)
+			return 1
+		}
+		log.Printf("killed the leader %d times", kills.kills)
+	}
 	if ctx.Err() != nil {
 		log.Print("interrupted")
 		return 1
@@ -219,6 +252,10 @@ func run(o options) int {
 	}
 	printTable(start, samples, end, ch)
 	problems = append(problems, check(o, start, samples, end)...)
+	if o.cluster {
+		log.Printf("while the leader was being killed: %.0f rounds failed, %.0f failures by reason, %d writes refused",
+			end.failRounds-start.failRounds, end.failures-start.failures, ch.ops["refused"])
+	}
 	if code := d.Stop(); code != 0 {
 		problems = append(problems, fmt.Sprintf("the adapter exited %d on SIGTERM, want 0", code))
 	}
@@ -288,10 +325,12 @@ func settle(ctx context.Context, d *adapterproc.Adapter, a *consultest.Agent) er
 // check applies the pass criteria.
 func check(o options, start sample, samples []sample, end sample) []string {
 	var problems []string
-	if n := end.failRounds - start.failRounds; n > 0 {
+	// Rounds fail while a killed leader is being replaced; in a cluster
+	// they are reported instead.
+	if n := end.failRounds - start.failRounds; n > 0 && !o.cluster {
 		problems = append(problems, fmt.Sprintf("%.0f refresh rounds failed during the run", n))
 	}
-	if n := end.failures - start.failures; n > 0 {
+	if n := end.failures - start.failures; n > 0 && !o.cluster {
 		problems = append(problems, fmt.Sprintf("%.0f refresh failures counted by reason", n))
 	}
 	if end.writeFails > 0 {
@@ -387,4 +426,56 @@ func printTable(start sample, samples []sample, end sample, ch *churner) {
 		fmt.Printf("heap in use: first third %.1f MiB, last third %.1f MiB (x%.2f); goroutines %.0f in the first third -> %.0f at the end\n",
 			first/(1<<20), last/(1<<20), last/first, baseline(start, samples), end.goroutines)
 	}
+}
+
+// leaderKiller kills the cluster's leader every so often and starts it
+// again once another server leads.
+type leaderKiller struct {
+	kills int
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// leaderDown is how long a killed leader stays down.
+const leaderDown = 5 * time.Second
+
+func killLeaders(ctx context.Context, c *consultest.Cluster, every time.Duration) *leaderKiller {
+	ctx, cancel := context.WithCancel(ctx)
+	k := &leaderKiller{stop: cancel, done: make(chan error, 1)}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				k.done <- nil
+				return
+			case <-t.C:
+			}
+			leader, err := c.Leader()
+			if err != nil {
+				k.done <- err
+				return
+			}
+			log.Printf("killing the leader %s", leader.Node)
+			leader.Kill()
+			k.kills++
+			if _, err := c.Leader(); err != nil {
+				k.done <- fmt.Errorf("no new leader: %w", err)
+				return
+			}
+			time.Sleep(leaderDown)
+			if err := leader.Start(); err != nil {
+				k.done <- err
+				return
+			}
+		}
+	}()
+	return k
+}
+
+// end stops the killing and returns its first error; the cluster is whole.
+func (k *leaderKiller) end() error {
+	k.stop()
+	return <-k.done
 }
