@@ -35,6 +35,12 @@ const consulService = "consul"
 // errACLFiltered is returned when Consul hid every result from our ACL
 // token. Consul answers such reads with 200 and an empty list; taken at face
 // value that would delete every target, so it fails the round instead.
+// ErrAddress is returned by New for an address no request could go to.
+var ErrAddress = errors.New("invalid Consul address")
+
+// ErrTokenFile is returned by New for a token file that cannot be read.
+var ErrTokenFile = errors.New("ACL token file")
+
 // errFilterRejected is returned when Consul refuses the filter expression.
 var errFilterRejected = errors.New("Consul rejected the filter expression")
 
@@ -164,7 +170,7 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 		}
 	case WatchServices:
 		if !https {
-			return nil, errNeedsHTTP2
+			return nil, ErrNeedsHTTPS
 		}
 	case WatchTables:
 	default:
@@ -257,7 +263,7 @@ func checkAddress(conf *api.Config) error {
 		err = fmt.Errorf("scheme %q is none of http, https, unix", u.Scheme)
 	}
 	if err != nil {
-		return fmt.Errorf("invalid Consul address %q: %v", conf.Address, err)
+		return fmt.Errorf("%w %q: %v", ErrAddress, conf.Address, err)
 	}
 	return nil
 }

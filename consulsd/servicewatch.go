@@ -40,9 +40,9 @@ const (
 // services, well below Consul's limit of 200 connections per client.
 const serviceWatchConns = 128
 
-// errNeedsHTTP2 is returned by New when the per-service watch is asked for
+// ErrNeedsHTTPS is returned by New when the per-service watch is asked for
 // over plain HTTP, where every parked query would hold its own connection.
-var errNeedsHTTP2 = errors.New("the per-service watch needs HTTPS (HTTP/2): over plain HTTP every service would hold a connection of its own, and Consul refuses a client past 200; use the tables watch mode or HTTPS")
+var ErrNeedsHTTPS = errors.New("the per-service watch needs HTTPS (HTTP/2): over plain HTTP every service would hold a connection of its own, and Consul refuses a client past 200; use the tables watch mode or HTTPS")
 
 // serviceAnswer is one service's answer, as its watch sends it to the loop.
 type serviceAnswer struct {

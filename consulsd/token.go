@@ -34,18 +34,18 @@ func readTokenFile(path string) (*tokenFile, error) {
 func (f *tokenFile) reload() error {
 	info, err := os.Stat(f.path)
 	if err != nil {
-		return fmt.Errorf("ACL token file: %w", err)
+		return fmt.Errorf("%w: %w", ErrTokenFile, err)
 	}
 	if f.info != nil && os.SameFile(info, f.info) && info.ModTime().Equal(f.info.ModTime()) && info.Size() == f.info.Size() {
 		return nil
 	}
 	data, err := os.ReadFile(f.path)
 	if err != nil {
-		return fmt.Errorf("ACL token file: %w", err)
+		return fmt.Errorf("%w: %w", ErrTokenFile, err)
 	}
 	token := strings.TrimSpace(string(data))
 	if token == "" {
-		return fmt.Errorf("ACL token file %s is empty", f.path)
+		return fmt.Errorf("%w %s is empty", ErrTokenFile, f.path)
 	}
 	f.info, f.token = info, token
 	return nil

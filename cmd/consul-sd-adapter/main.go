@@ -4,13 +4,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -74,9 +77,13 @@ func run(args []string) int {
 				Default("0644").String()
 		once = app.Flag("once", "Run one refresh, write the file and exit: 0 on success, 1 if the refresh failed (nothing is written then).").
 			Bool()
-		logLevel  = app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").Enum("debug", "info", "warn", "error")
-		logFormat = app.Flag("log.format", "Output format of log messages: logfmt, json.").Default("logfmt").Enum("logfmt", "json")
+		logLevel  = new(string)
+		logFormat = new(string)
 	)
+	app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").
+		Default("info").SetValue(enumValue("log.level", logLevel, "debug", "info", "warn", "error"))
+	app.Flag("log.format", "Output format of log messages: logfmt, json.").
+		Default("logfmt").SetValue(enumValue("log.format", logFormat, "logfmt", "json"))
 	app.Flag("listen.address", "Address of the Consul HTTP API, host:port or a URL (default: $CONSUL_HTTP_ADDR, else localhost:8500). The name is kept from the upstream custom-sd example.").
 		StringVar(&cfg.Address)
 	app.Flag("listen-address", "Alias of --listen.address.").Hidden().StringVar(&cfg.Address)
@@ -86,7 +93,7 @@ func run(args []string) int {
 		StringVar(&cfg.TokenFile)
 	app.Flag("consul.datacenter", "Consul datacenter to query (default: the agent's own).").StringVar(&cfg.Datacenter)
 	app.Flag("consul.scheme", "Scheme of the Consul HTTP API: http or https (default: http, or https if $CONSUL_HTTP_SSL is true).").
-		EnumVar(&cfg.Scheme, "http", "https")
+		SetValue(enumValue("consul.scheme", &cfg.Scheme, "http", "https"))
 	app.Flag("consul.ca-file", "CA certificate to verify Consul's TLS certificate with (default: $CONSUL_CACERT).").StringVar(&cfg.CAFile)
 	app.Flag("consul.cert-file", "Client certificate for TLS to Consul (default: $CONSUL_CLIENT_CERT).").StringVar(&cfg.CertFile)
 	app.Flag("consul.key-file", "Client key for TLS to Consul (default: $CONSUL_CLIENT_KEY).").StringVar(&cfg.KeyFile)
@@ -108,7 +115,7 @@ func run(args []string) int {
 	app.Flag("consul.watch", "Keep blocking queries open on the catalog so that a change is written at once, not at the next refresh.").
 		Default(strconv.FormatBool(cfg.Watch)).BoolVar(&cfg.Watch)
 	app.Flag("consul.watch-mode", "What the watch holds blocking queries on: services (one per service, multiplexed over HTTP/2: a change costs one request; needs HTTPS), tables (three, on the catalog's tables: a change wakes a round), or auto (services over HTTPS, else tables).").
-		Default(cfg.WatchMode).EnumVar(&cfg.WatchMode, consulsd.WatchAuto, consulsd.WatchServices, consulsd.WatchTables)
+		Default(cfg.WatchMode).SetValue(enumValue("consul.watch-mode", &cfg.WatchMode, consulsd.WatchAuto, consulsd.WatchServices, consulsd.WatchTables))
 	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
 		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
@@ -128,7 +135,10 @@ func run(args []string) int {
 
 	logger, slogger := newLoggers(*logLevel, *logFormat)
 	if err := adapter.CheckWritable(*outputFile); err != nil {
-		return usageError(err)
+		return usageError(fmt.Errorf("--output.file: %w", err))
+	}
+	if cfg.MaxConcurrency < 1 {
+		return usageError(fmt.Errorf("--consul.max-concurrency must be at least 1, got %d", cfg.MaxConcurrency))
 	}
 	if file := *webFlags.WebConfigFile; file != "" {
 		if err := web.Validate(file); err != nil {
@@ -144,7 +154,7 @@ func run(args []string) int {
 	)
 	discoverer, err := consulsd.New(cfg, log.With(logger, "component", "consulsd"), reg)
 	if err != nil {
-		return usageError(err)
+		return usageError(flagOf(err, cfg))
 	}
 	writer, err := adapter.New(adapter.Config{
 		OutputFile:    *outputFile,
@@ -226,6 +236,42 @@ func (n *namedDuration) Set(s string) error {
 }
 
 func (n *namedDuration) String() string { return n.d.String() }
+
+// enumValue is a flag of a few allowed values whose error names the flag:
+// kingpin's own says only "enum value must be one of ...".
+func enumValue(name string, dst *string, options ...string) kingpin.Value {
+	return &namedEnum{name: name, dst: dst, options: options}
+}
+
+type namedEnum struct {
+	name    string
+	dst     *string
+	options []string
+}
+
+func (e *namedEnum) Set(s string) error {
+	if !slices.Contains(e.options, s) {
+		return fmt.Errorf("--%s: %q is not one of %s", e.name, s, strings.Join(e.options, ", "))
+	}
+	*e.dst = s
+	return nil
+}
+
+func (e *namedEnum) String() string { return *e.dst }
+
+// flagOf names the flag behind an error of consulsd.New where a flag set
+// the value; from the environment the message stands as it is.
+func flagOf(err error, cfg consulsd.Config) error {
+	switch {
+	case errors.Is(err, consulsd.ErrAddress) && cfg.Address != "":
+		return fmt.Errorf("--listen.address: %w", err)
+	case errors.Is(err, consulsd.ErrTokenFile) && cfg.TokenFile != "":
+		return fmt.Errorf("--consul.token-file: %w", err)
+	case errors.Is(err, consulsd.ErrNeedsHTTPS):
+		return fmt.Errorf("--consul.watch-mode=services: %w", err)
+	}
+	return err
+}
 
 // usageError prints one line, as kingpin does for a bad flag, and returns the usage exit code.
 func usageError(err error) int {

@@ -150,18 +150,29 @@ func TestBadInput(t *testing.T) {
 		{"bad duration", []string{"--refresh.interval=soon"}, `--refresh.interval: "soon" is not a duration`},
 		{"zero duration", []string{"--consul.request-timeout=0s"}, "--consul.request-timeout"},
 		{"bad web config", []string{"--output.file=" + existing, "--web.config.file=" + filepath.Join(dir, "missing.yml")}, "--web.config.file"},
-		{"missing output directory", []string{"--output.file=" + filepath.Join(dir, "nope", "x.json")}, "output directory"},
+		{"missing output directory", []string{"--output.file=" + filepath.Join(dir, "nope", "x.json")}, "--output.file: output directory"},
 		{"output is a directory", []string{"--output.file=" + filepath.Join(dir, "sub.json")}, "not a regular file"},
 		{"not a file_sd extension", []string{"--output.file=" + filepath.Join(dir, "x.txt")}, "must end in .json"},
 		{"bad file mode", []string{"--output.file=" + existing, "--output.file-mode=rw"}, "octal"},
 		{"setuid file mode", []string{"--output.file=" + existing, "--output.file-mode=4755"}, "--output.file-mode"},
 		{"sticky file mode", []string{"--output.file=" + existing, "--output.file-mode=01644"}, "--output.file-mode"},
 		{"world-writable mode", []string{"--output.file=" + existing, "--output.file-mode=0666"}, "world-writable"},
-		{"zero concurrency", []string{"--output.file=" + existing, "--consul.max-concurrency=0"}, "concurrency"},
+		{"zero concurrency", []string{"--output.file=" + existing, "--consul.max-concurrency=0"}, "--consul.max-concurrency must be at least 1"},
+		{"unknown log level", []string{"--output.file=" + existing, "--log.level=loud"}, `--log.level: "loud" is not one of`},
+		{"unknown log format", []string{"--output.file=" + existing, "--log.format=xml"}, `--log.format: "xml"`},
+		{"unknown scheme", []string{"--output.file=" + existing, "--consul.scheme=ftp"}, `--consul.scheme: "ftp"`},
+		{"unknown watch mode", []string{"--output.file=" + existing, "--consul.watch-mode=x"}, `--consul.watch-mode: "x"`},
+		{"per-service watch over plain HTTP", []string{"--output.file=" + existing, "--consul.watch-mode=services"}, "--consul.watch-mode=services: the per-service watch needs HTTPS"},
+		{"malformed Consul address", []string{"--output.file=" + existing, "--listen.address=http://[bad"}, `--listen.address: invalid Consul address "http://[bad"`},
+		{"missing token file", []string{"--output.file=" + existing, "--consul.token-file=" + filepath.Join(dir, "no-token")}, "--consul.token-file: ACL token file: stat "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := runBinary(t, nil, append(tc.args, "--once", "--listen.address=127.0.0.1:1")...)
+			args := append([]string{"--once"}, tc.args...)
+			if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--listen.address=") }) {
+				args = append(args, "--listen.address=127.0.0.1:1")
+			}
+			r := runBinary(t, nil, args...)
 			if r.code != 2 {
 				t.Errorf("exit %d, want 2", r.code)
 			}
