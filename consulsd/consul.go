@@ -88,6 +88,10 @@ type Config struct {
 	// WatchMode says what the watch holds blocking queries on: WatchAuto,
 	// WatchServices or WatchTables.
 	WatchMode string
+	// ServiceWait is the longest wait of a per-service blocking query.
+	// Consul caps it at its max_query_time; raising both lowers the cost of
+	// a quiet catalog, one request per service per wait.
+	ServiceWait time.Duration
 	// MinRoundInterval is the least time between two rounds woken by the
 	// watch: a cluster in constant churn cannot make the adapter spin.
 	MinRoundInterval time.Duration
@@ -105,6 +109,7 @@ var DefaultConfig = Config{
 	MaxConcurrency: 32,
 	Watch:          true,
 	WatchMode:      WatchAuto,
+	ServiceWait:    DefaultServiceWait,
 	// Short enough that a change reaches the file well within a second.
 	MinRoundInterval: 200 * time.Millisecond,
 }
@@ -157,6 +162,9 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	}
 	if cfg.MaxConcurrency < 1 {
 		return nil, errors.New("max concurrency must be at least 1")
+	}
+	if cfg.ServiceWait <= 0 {
+		return nil, errors.New("service wait must be positive")
 	}
 	if cfg.Watch && cfg.MinRoundInterval <= 0 {
 		return nil, errors.New("minimum round interval must be positive")

@@ -25,15 +25,9 @@ const (
 	WatchTables = "tables"
 )
 
-// serviceWaitMin and serviceWaitMax spread the waits of the per-service
-// blocking queries. Consul holds a query at most 10 minutes (its
-// max_query_time), and a query that times out is issued again: on a quiet
-// catalog each service costs one request per wait. Queries started together
-// would otherwise also time out together.
-const (
-	serviceWaitMin = 7*time.Minute + 30*time.Second
-	serviceWaitMax = 10 * time.Minute
-)
+// DefaultServiceWait is Consul's own cap on a blocking query's wait
+// (max_query_time, 10 minutes by default).
+const DefaultServiceWait = 10 * time.Minute
 
 // serviceWatchConns bounds the connections of the per-service watch. Over
 // HTTP/2 Consul takes 250 queries on one connection, so this holds 32,000
@@ -268,7 +262,11 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 	// A query that keeps returning at once (an index stuck below the
 	// server's) must not become a hot loop.
 	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
-	wait := serviceWaitMin + rand.N(serviceWaitMax-serviceWaitMin)
+	// A query that times out is issued again: on a quiet catalog each
+	// service costs one request per wait. Waits are spread over the last
+	// quarter below the longest, so that queries started together do not
+	// time out together.
+	wait := d.cfg.ServiceWait - rand.N(d.cfg.ServiceWait/4+1)
 	for limiter.Wait(ctx) == nil {
 		if index == 0 {
 			// An answer at once: take a slot of the bounded concurrency.

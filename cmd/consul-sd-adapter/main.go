@@ -116,6 +116,8 @@ func run(args []string) int {
 		Default(strconv.FormatBool(cfg.Watch)).BoolVar(&cfg.Watch)
 	app.Flag("consul.watch-mode", "What the watch holds blocking queries on: services (one per service, multiplexed over HTTP/2: a change costs one request; needs HTTPS), tables (three, on the catalog's tables: a change wakes a round), or auto (services over HTTPS, else tables).").
 		Default(cfg.WatchMode).SetValue(enumValue("consul.watch-mode", &cfg.WatchMode, consulsd.WatchAuto, consulsd.WatchServices, consulsd.WatchTables))
+	app.Flag("consul.service-wait", "Longest wait of each per-service blocking query. Consul caps it at its max_query_time (10m by default); a quiet catalog costs one request per service per wait, so raise both to lower that.").
+		Default(cfg.ServiceWait.String()).SetValue(durationValue("consul.service-wait", &cfg.ServiceWait))
 	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
 		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
