@@ -2,16 +2,17 @@ package adapter
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
-	"go.yaml.in/yaml/v2"
 )
 
 // Entry is one element of a file_sd file. The adapter writes one target
@@ -207,19 +208,13 @@ func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
 	n := 0
 	writeEntry := func(target string, labels []Label) error {
 		buf = buf[:0]
-		if f == YAML {
-			b, err := yaml.Marshal([]yamlEntry{newYAMLEntry(target, labels)})
-			if err != nil {
-				return err
-			}
-			buf = append(buf, b...)
-		} else {
-			if n == 0 {
-				buf = append(buf, "[\n"...)
-			} else {
-				buf = append(buf, ",\n"...)
-			}
-			buf = appendJSONEntry(buf, target, labels)
+		switch {
+		case f == YAML:
+			buf = appendYAMLEntry(buf, target, labels)
+		case n == 0:
+			buf = appendJSONEntry(append(buf, "[\n"...), target, labels)
+		default:
+			buf = appendJSONEntry(append(buf, ",\n"...), target, labels)
 		}
 		n++
 		_, err := w.Write(buf)
@@ -317,18 +312,166 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// yamlEntry keeps the labels in our order: yaml.v2 sorts map keys with a
-// "natural" comparison of digit runs that is not a total order (gpu2 < gpu10
-// < gpu1a < gpu2), so a map would render in random order from run to run.
-type yamlEntry struct {
-	Targets []string      `yaml:"targets"`
-	Labels  yaml.MapSlice `yaml:"labels"`
+// appendYAMLEntry appends one entry in YAML's block style, laid out as
+// yaml.v2 lays it out. Like appendJSONEntry it is written by hand: a
+// yaml.Marshal per entry took seconds and gigabytes at 100,000 targets.
+func appendYAMLEntry(b []byte, target string, labels []Label) []byte {
+	b = appendYAMLString(append(b, "- targets:\n  - "...), target)
+	if len(labels) == 0 {
+		return append(b, "\n  labels: {}\n"...)
+	}
+	b = append(b, "\n  labels:\n"...)
+	for _, l := range labels {
+		b = appendYAMLString(append(b, "    "...), l.Name)
+		b = appendYAMLString(append(b, ": "...), l.Value)
+		b = append(b, '\n')
+	}
+	return b
 }
 
-func newYAMLEntry(target string, labels []Label) yamlEntry {
-	ms := make(yaml.MapSlice, len(labels))
-	for j, l := range labels {
-		ms[j] = yaml.MapItem{Key: l.Name, Value: l.Value}
+// appendYAMLString appends s as a YAML scalar that every YAML reader takes
+// for the string s, in the style yaml.v2 would choose for it: plain where
+// that is certain, double-quoted where s would read as another type (true,
+// ~, 20000), single-quoted where only its characters need quoting
+// (',a,b,'), and double-quoted with escapes where they need escaping.
+func appendYAMLString(b []byte, s string) []byte {
+	switch {
+	case yamlReadsAsOtherType(s):
+		return appendYAMLQuoted(b, s)
+	case yamlPlainSafe(s):
+		return append(b, s...)
+	case printableASCII(s):
+		b = append(b, '\'')
+		b = append(b, strings.ReplaceAll(s, "'", "''")...)
+		return append(b, '\'')
+	default:
+		return appendYAMLQuoted(b, s)
 	}
-	return yamlEntry{Targets: []string{target}, Labels: ms}
+}
+
+// yamlPlainSafe reports whether s holds only characters with no meaning to
+// YAML where they stand, so that unquoted it still reads as s.
+func yamlPlainSafe(s string) bool {
+	if s == "" || s[len(s)-1] == ':' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '_':
+		case c == '.' || c == '/' || c == ':' || c == '-' || c == '@' || c == '=' || c == '+':
+			if i == 0 && c != '/' {
+				return false // indicators, or the start of a number (.5, -1, +1)
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// yamlReadsAsOtherType reports whether s, unquoted, would read as a null,
+// bool, number or timestamp in YAML 1.1 or 1.2: "", ~, yes, on, true,
+// 0x1f, 1e3, .inf, 1:20, 2001-12-14.
+func yamlReadsAsOtherType(s string) bool {
+	if len(s) <= 5 {
+		switch strings.ToLower(s) {
+		case "", "~", "y", "n", "yes", "no", "on", "off", "true", "false", "null",
+			".inf", "-.inf", "+.inf", ".nan":
+			return true
+		}
+	}
+	if c := s[0]; !('0' <= c && c <= '9' || c == '-' || c == '+' || c == '.') {
+		return false
+	}
+	if yamlTimestampLike(s) || yamlSexagesimal(strings.TrimLeft(s, "+-")) {
+		return true
+	}
+	// strconv only where it may succeed: its errors allocate, and every
+	// address (10.0.0.1:8080) starts with a digit.
+	if strings.Count(s, ".") > 1 || strings.ContainsAny(s, ": ") {
+		return false
+	}
+	digits := strings.ReplaceAll(s, "_", "")
+	if _, err := strconv.ParseInt(digits, 0, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		return true
+	}
+	_, err := strconv.ParseFloat(digits, 64)
+	return err == nil || errors.Is(err, strconv.ErrRange)
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// yamlTimestampLike reports whether s starts as a YAML timestamp does:
+// YYYY-M-D.
+func yamlTimestampLike(s string) bool {
+	i := 0
+	for i < len(s) && i < 4 && '0' <= s[i] && s[i] <= '9' {
+		i++
+	}
+	return i == 4 && len(s) > 6 && s[4] == '-' && '0' <= s[5] && s[5] <= '9'
+}
+
+// yamlSexagesimal reports whether s is a YAML 1.1 base-60 number, such as
+// 1:20 or 190:20:30.15.
+func yamlSexagesimal(s string) bool {
+	i := 0
+	for i < len(s) && ('0' <= s[i] && s[i] <= '9' || s[i] == '_') {
+		i++
+	}
+	groups := 0
+	for i < len(s) && s[i] == ':' {
+		j := i + 1
+		for j < len(s) && j < i+3 && '0' <= s[j] && s[j] <= '9' {
+			j++
+		}
+		if j == i+1 {
+			return false
+		}
+		groups, i = groups+1, j
+	}
+	if groups == 0 {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		for i++; i < len(s) && ('0' <= s[i] && s[i] <= '9' || s[i] == '_'); i++ {
+		}
+	}
+	return i == len(s)
+}
+
+// appendYAMLQuoted appends s as a double-quoted YAML scalar. Characters
+// YAML does not allow raw, or reads as line breaks (U+0085, U+2028,
+// U+2029), are escaped; invalid UTF-8 becomes U+FFFD, as in the JSON file.
+func appendYAMLQuoted(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		i += size
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r == '\n':
+			b = append(b, '\\', 'n')
+		case r == '\t':
+			b = append(b, '\\', 't')
+		case r == '\r':
+			b = append(b, '\\', 'r')
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case 0x20 <= r && r < 0x7f, 0xa0 <= r && r <= 0xd7ff && r != 0x2028 && r != 0x2029,
+			0xe000 <= r && r <= 0xfffd && r != 0xfeff, r >= 0x10000:
+			b = utf8.AppendRune(b, r)
+		default: // control characters, U+0085, U+2028, U+2029, U+FEFF, U+FFFE, U+FFFF
+			b = append(b, '\\', 'u', hex[r>>12&0xf], hex[r>>8&0xf], hex[r>>4&0xf], hex[r&0xf])
+		}
+	}
+	return append(b, '"')
 }

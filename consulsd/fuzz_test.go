@@ -133,7 +133,7 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 		}
 		var wantTargets []model.LabelSet
 		for _, tl := range want {
-			wantTargets = append(wantTargets, expectedAfter(format, tl))
+			wantTargets = append(wantTargets, expectedAfter(tl))
 		}
 		gotKeys, wantKeys := keysOf(got), keysOf(wantTargets)
 		if !slices.Equal(gotKeys, wantKeys) {
@@ -146,7 +146,7 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 				if !model.LegacyValidation.IsValidLabelName(string(ln)) {
 					t.Errorf("%s: label name %q is not a legacy label name", name, ln)
 				}
-				if format == adapter.JSON && !lv.IsValid() {
+				if !lv.IsValid() {
 					t.Errorf("%s: label %s has a value that is not valid UTF-8: %q", name, ln, lv)
 				}
 			}
@@ -166,22 +166,21 @@ func checkEntriesToFile(t *testing.T, in fuzzInput) {
 }
 
 // expectedAfter returns the labels a target is expected to have once read
-// back from a file in format.
+// back from a file, in either format.
 //
 // Valid UTF-8 round-trips byte-exactly in both formats. Invalid UTF-8 can't
 // come from a real Consul (the api client decodes Consul's answers with
 // encoding/json, which already turns every invalid byte into U+FFFD), so for
 // it the fuzz target only requires a loadable file and defined results:
-// encoding/json writes each invalid byte as U+FFFD, exactly what the []rune
-// conversion does; yaml.v2 writes such a string as !!binary and reads back
-// the original bytes.
-func expectedAfter(format adapter.Format, tl model.LabelSet) model.LabelSet {
+// both formats write each invalid byte as U+FFFD, exactly what the []rune
+// conversion does.
+func expectedAfter(tl model.LabelSet) model.LabelSet {
 	out := make(model.LabelSet, len(tl))
 	for k, v := range tl {
 		if v == "" {
 			continue // empty means absent to Prometheus, so the file leaves it out
 		}
-		if format == adapter.JSON && !utf8.ValidString(string(v)) {
+		if !utf8.ValidString(string(v)) {
 			v = model.LabelValue([]rune(string(v)))
 		}
 		out[k] = v
