@@ -24,16 +24,18 @@ type benchLine struct {
 }
 
 // renderResult holds the runs of BenchmarkRenderWrite100k (to disk) and
-// BenchmarkRender100k (the same without the file).
+// BenchmarkRender100k (the same without the file), and of their YAML
+// variants.
 type renderResult struct {
-	Write, CPU []benchLine
+	Write, CPU         []benchLine
+	WriteYAML, CPUYAML []benchLine
 }
 
 // measureRender runs the adapter package's render benchmarks.
 func measureRender(ctx context.Context, root string) (*renderResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, renderBenchTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=^BenchmarkRender(Write)?100k$", "-benchmem",
+	cmd := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=^BenchmarkRender(Write)?100k(YAML)?$", "-benchmem",
 		"-count="+strconv.Itoa(renderCount), "./adapter")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
@@ -58,13 +60,20 @@ func measureRender(ctx context.Context, root string) (*renderResult, error) {
 			}
 			l.Metrics[f[i+1]] = v
 		}
-		if strings.HasPrefix(f[0], "BenchmarkRenderWrite100k") {
+		// Names end in -GOMAXPROCS: BenchmarkRenderWrite100kYAML-2.
+		name, _, _ := strings.Cut(f[0], "-")
+		switch name {
+		case "BenchmarkRenderWrite100k":
 			r.Write = append(r.Write, l)
-		} else {
+		case "BenchmarkRender100k":
 			r.CPU = append(r.CPU, l)
+		case "BenchmarkRenderWrite100kYAML":
+			r.WriteYAML = append(r.WriteYAML, l)
+		case "BenchmarkRender100kYAML":
+			r.CPUYAML = append(r.CPUYAML, l)
 		}
 	}
-	if len(r.Write) == 0 || len(r.CPU) == 0 {
+	if len(r.Write) == 0 || len(r.CPU) == 0 || len(r.WriteYAML) == 0 || len(r.CPUYAML) == 0 {
 		return nil, fmt.Errorf("missing benchmark results in:\n%s", out)
 	}
 	return r, nil

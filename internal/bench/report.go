@@ -255,16 +255,24 @@ func (r *report) rows() []row {
 	case r.render == nil:
 		add(row{what: rt, adapter: "not run"})
 	default:
-		med, lo, hi := nsPerOp(r.render.Write)
-		cpu, _, _ := nsPerOp(r.render.CPU)
-		m := r.render.Write[0].Metrics
-		add(row{
-			what: rt,
-			adapter: fmt.Sprintf("%s/op (range %s–%s; conversion and encoding alone %s; %s file), %s/op, %s allocs/op",
-				millis(med), millis(lo), millis(hi), millis(cpu), mb(int64(m["file-bytes"])), mb(int64(m["B/op"])), thousands(int(m["allocs/op"]))),
-			target:  "< 300 ms",
-			reached: yesNo(med < targetRender),
-		})
+		for _, f := range []struct {
+			what       string
+			write, cpu []benchLine
+		}{
+			{rt, r.render.Write, r.render.CPU},
+			{"… the same as YAML (`BenchmarkRenderWrite100kYAML`)", r.render.WriteYAML, r.render.CPUYAML},
+		} {
+			med, lo, hi := nsPerOp(f.write)
+			cpu, _, _ := nsPerOp(f.cpu)
+			m := f.write[0].Metrics
+			add(row{
+				what: f.what,
+				adapter: fmt.Sprintf("%s/op (range %s–%s; conversion and encoding alone %s; %s file), %s/op, %s allocs/op",
+					millis(med), millis(lo), millis(hi), millis(cpu), mb(int64(m["file-bytes"])), mb(int64(m["B/op"])), thousands(int(m["allocs/op"]))),
+				target:  "< 300 ms",
+				reached: yesNo(med < targetRender),
+			})
+		}
 	}
 	lt := "Peak RSS at 100,000 targets (`--once`)"
 	switch {
@@ -372,7 +380,7 @@ func (r *report) method() string {
 		"- **Cold refresh.** The adapter binary built from this checkout (`CGO_ENABLED=0 go build`), run with `--once` until it exits after writing the file; wall time from exec to exit. \"Adapter\" is the adapter with its defaults, the baseline is " + seq + ", the upstream example's sequential loop. Every run goes through `internal/faultproxy`, which counts requests; with RTT it delays every `/v1/*` request by 5 ms (`Delay(5ms)`). CPU is user+sys of the child from its `ProcessState`; peak RSS is its `VmHWM` from `/proc/<pid>/status`, read every 2 ms while it runs (`ru_maxrss` from wait would include the harness's own peak: Go starts children with vfork, and Linux carries the parent's high-water mark into the child at exec). The cases run interleaved, after one unreported warm-up run; the table shows medians.",
 		fmt.Sprintf("- **Propagation.** The adapter as a daemon with its defaults (`--refresh.interval=30s`), next to Prometheus's own Consul SD (`discovery/consul`, all defaults, as `consul_sd_configs: [{server: ...}]`) run in-process under a `discovery.Manager` twice: with a 100 ms throttle (`discovery.Updatert`, the same as the adapter's own Manager) and with Prometheus's 5 s, all on the same agent. After all three have the full catalog and the built-in SD has settled into its blocking queries (%s), the harness makes %d registrations (a new instance of an existing service), then %d health flips (passing → critical), then %d deregistrations, each on its own service. Latency runs from the Consul API call returning to the change being visible: in the output file (stat every %s, timestamped before parsing) or on the Manager's `SyncCh`. The next change is made once every observer has seen the previous one, or after %s at most; changes touch distinct services, so one cannot hide another. Percentiles are nearest-rank: with %d samples p99 is the largest one. Prometheus's Manager sends at most every 5 s, but after a quiet spell it starts again from 100 ms (exponential backoff with ±50 %% jitter), so its figures depend on how often changes come: here about one every %s.", builtinSettle, r.changes(), r.changes(), r.changes(), filePoll, r.pace(), r.changes(), r.pace()),
 		fmt.Sprintf("- **Quiet cluster.** The adapter with its defaults and `--refresh.interval=5s` (12 rounds a minute) and the built-in SD (Prometheus's settings) side by side, each through its own counting proxy, after both have the whole catalog and %s have passed. Adapter: requests and `process_cpu_seconds_total` (from its `/metrics`) over the quiet window. Built-in SD: requests over %s, one full cycle of its 2-minute blocking queries (each returns after 120–127.5 s when nothing changes), so its figure is one request per service per cycle spread over the window.", builtinSettle, builtinQuietWindow),
-		"- **Render + write.** `go test -run='^$' -bench='^BenchmarkRender(Write)?100k$' -benchmem -count=5 ./adapter`: `Adapter.Update` with 100,000 targets in 20,000 groups, every label on the target (17 each, the most work for the converter); successive snapshots differ in one target's health, so every operation converts, encodes and streams the whole file into a temporary file, fsyncs it and renames it into place. `BenchmarkRender100k` is the conversion and encoding alone, to `io.Discard`.",
+		"- **Render + write.** `go test -run='^$' -bench='^BenchmarkRender(Write)?100k(YAML)?$' -benchmem -count=5 ./adapter`: `Adapter.Update` with 100,000 targets in 20,000 groups, every label on the target (17 each, the most work for the converter); successive snapshots differ in one target's health, so every operation converts, encodes and streams the whole file into a temporary file, fsyncs it and renames it into place. `BenchmarkRender100k` is the conversion and encoding alone, to `io.Discard`; the `YAML` variants write a `.yml` file.",
 		"- **Peak RSS at 100,000 targets** (`-large`): the catalog grown to 20,000 services × 5 instances, the adapter with its defaults and `--once` (peak RSS measured as for the cold refresh); then the adapter as a daemon with its defaults, through its first round and three more full rounds (each after a new tag on one instance moved the services index), its peak read from `VmHWM` in `/proc/<pid>/status`.",
 		fmt.Sprintf("- The Consul agent's `limits.http_max_conns_per_client` is raised to %d: the built-in SD holds one connection per service, more than the default 200 at 2,000 services.", maxConnsPerClient),
 		"- MB are 10^6 bytes.",
