@@ -80,13 +80,22 @@ func (d *Discovery) runServices(ctx context.Context, ch chan<- []*targetgroup.Gr
 	watched := map[string]*watchedService{}
 	unanswered := 0 // watched services without a group yet
 	var gen uint64
-	start := func(name string, group *targetgroup.Group) {
+	// start starts watching name, or starts its watch over; a service
+	// keeps its group until the new watch answers.
+	start := func(name string) {
+		old := watched[name]
+		if old != nil {
+			old.stop()
+		}
 		wctx, stop := context.WithCancel(ctx)
 		gen++
-		watched[name] = &watchedService{gen: gen, stop: stop, group: group}
-		if group == nil {
+		w := &watchedService{gen: gen, stop: stop}
+		if old != nil {
+			w.group = old.group
+		} else {
 			unanswered++
 		}
+		watched[name] = w
 		go d.watchService(wctx, name, gen, slots, answers)
 	}
 
@@ -106,12 +115,8 @@ func (d *Discovery) runServices(ctx context.Context, ch chan<- []*targetgroup.Gr
 			current := make(map[string]struct{}, len(l.names))
 			for _, name := range l.names {
 				current[name] = struct{}{}
-				switch w := watched[name]; {
-				case w == nil:
-					start(name, nil)
-				case l.restart:
-					w.stop()
-					start(name, w.group)
+				if watched[name] == nil || l.restart {
+					start(name)
 				}
 			}
 			for name, w := range watched {
@@ -149,9 +154,12 @@ func (d *Discovery) runServices(ctx context.Context, ch chan<- []*targetgroup.Gr
 		}
 
 		// Nothing goes out before every listed service has answered once:
-		// the same all or nothing as a round's.
-		if !listed || unanswered > 0 || (sentOnce && len(pending) == 0) {
-			due = due && unanswered > 0
+		// the same all or nothing as a round's. After that a new service
+		// joins with its first answer, and one whose query keeps failing
+		// holds up no other.
+		ready := listed && (sentOnce || unanswered == 0)
+		if !ready || (sentOnce && len(pending) == 0) {
+			due = false
 			continue
 		}
 		if !due {

@@ -377,3 +377,67 @@ func seriesOf(t *testing.T, reg *prometheus.Registry, name, endpoint string) []*
 	}
 	return out
 }
+
+// TestServiceWatchNewServiceFailingHoldsUpNoOther: after the first
+// snapshot, a new service whose query keeps failing is left out, and the
+// other services' changes still go out.
+func TestServiceWatchNewServiceFailingHoldsUpNoOther(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	web := consultest.Instance{Node: "n1", Service: "web", Port: 80, Health: "passing"}
+	agent.RegisterInstance(t, web)
+	d, _ := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+		c.WatchMode = consulsd.WatchServices
+		c.InsecureSkipVerify = true
+	})
+	f := follow(t, d)
+	f.until(t, "web", func(g map[string]*targetgroup.Group) bool { return g["web"] != nil })
+
+	proxy.Set("/v1/health/service/db", faultproxy.Status500)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
+	waitFor(t, "db's query to fail", func() bool { return proxy.Requests("/v1/health/service/db") >= 1 })
+	agent.SetHealth(t, web, "critical")
+	f.until(t, "web critical while db fails", func(g map[string]*targetgroup.Group) bool {
+		return label(g["web"], "n1", "__meta_consul_health") == "critical"
+	})
+	if f.groups["db"] != nil {
+		t.Errorf("db sent before it ever answered: %v", f.groups["db"])
+	}
+	proxy.Clear("/v1/health/service/db")
+	f.until(t, "db once it answers", func(g map[string]*targetgroup.Group) bool { return g["db"] != nil })
+}
+
+// TestServiceWatchRestartBeforeFirstAnswer: the list watch fails and comes
+// back (as when the agent restarts) while a service has never answered;
+// every watch starts over, and the first snapshot still goes out once that
+// service answers.
+func TestServiceWatchRestartBeforeFirstAnswer(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.StartTLS(t, agent.Addr)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
+	const dbPath, listPath = "/v1/health/service/db", "/v1/catalog/services"
+	proxy.Set(dbPath, faultproxy.Status500)
+	d, _ := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+		c.WatchMode = consulsd.WatchServices
+		c.InsecureSkipVerify = true
+	})
+	f := follow(t, d)
+	waitFor(t, "db's first query", func() bool { return proxy.Requests(dbPath) >= 1 })
+
+	// The list watch's parked query returns on a change and meets the
+	// fault; once it answers again, every watch starts over.
+	lists := proxy.Requests(listPath)
+	proxy.Set(listPath, faultproxy.Status500)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "cache", Port: 6379})
+	waitFor(t, "the list watch to fail", func() bool { return proxy.Requests(listPath) >= lists+2 })
+	proxy.Clear(listPath)
+	waitFor(t, "the list watch to answer again", func() bool { return proxy.Requests(listPath) >= lists+3 })
+	proxy.Clear(dbPath)
+	f.until(t, "the first snapshot", func(g map[string]*targetgroup.Group) bool { return len(g) > 0 })
+	for _, name := range []string{"web", "db", "cache"} {
+		if f.groups[name] == nil {
+			t.Errorf("first snapshot lacks %s: %v", name, f.groups)
+		}
+	}
+}
