@@ -49,9 +49,10 @@ type serviceAnswer struct {
 // serviceList is one answer of the service list watch.
 type serviceList struct {
 	names []string
-	// restart asks for every service watch to start over: the list watch
-	// failed or Consul's index went backwards, so Consul may have
-	// restarted, and parked queries may wait on indexes it no longer has.
+	// restart asks for every service watch to start over: Consul's index
+	// went backwards (a restart with less state, a restored snapshot), and
+	// parked queries may wait for indexes it no longer has. A mere error
+	// needs no restart: a query that fails starts over by itself.
 	restart bool
 }
 
@@ -211,9 +212,10 @@ func (d *Discovery) recordWatched(watched map[string]*watchedService) {
 // watchServiceList follows the list of services with a blocking query and
 // sends the wanted names whenever the list's index moves.
 func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceList) {
-	var index uint64
+	// index is the one to wait on, 0 after an error (Consul may be back
+	// with less state); seen is the last one answered.
+	var index, seen uint64
 	failures := 0
-	restart := false
 	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
 	for limiter.Wait(ctx) == nil {
 		rctx, cancel := context.WithTimeout(ctx, watchWait+watchWait/16+d.cfg.RequestTimeout)
@@ -228,7 +230,7 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 			if ctx.Err() != nil {
 				return
 			}
-			index, restart = 0, true
+			index = 0
 			failures++
 			delay := retryDelay(failures, d.cfg.RefreshInterval)
 			d.metrics.failures.WithLabelValues(failureReason(err)).Inc()
@@ -244,16 +246,13 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 		if index != 0 && next == index {
 			continue
 		}
-		// Went backwards: Consul lost state (a restart, a restored
-		// snapshot), and parked queries may wait for indexes it lacks.
-		restart = restart || next < index
 		names := d.wantedNames(services)
 		select {
-		case lists <- serviceList{names: names, restart: restart}:
+		case lists <- serviceList{names: names, restart: next < seen}:
 		case <-ctx.Done():
 			return
 		}
-		index, restart = next, false
+		index, seen = next, next
 	}
 }
 

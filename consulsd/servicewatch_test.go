@@ -407,10 +407,10 @@ func TestServiceWatchNewServiceFailingHoldsUpNoOther(t *testing.T) {
 	f.until(t, "db once it answers", func(g map[string]*targetgroup.Group) bool { return g["db"] != nil })
 }
 
-// TestServiceWatchRestartBeforeFirstAnswer: the list watch fails and comes
-// back (as when the agent restarts) while a service has never answered;
-// every watch starts over, and the first snapshot still goes out once that
-// service answers.
+// TestServiceWatchRestartBeforeFirstAnswer: Consul's index goes backwards
+// (a restart with less state, a restored snapshot) while a service has
+// never answered; every watch starts over, and the first snapshot still
+// goes out once that service answers.
 func TestServiceWatchRestartBeforeFirstAnswer(t *testing.T) {
 	agent := consultest.Start(t)
 	proxy := faultproxy.StartTLS(t, agent.Addr)
@@ -424,18 +424,21 @@ func TestServiceWatchRestartBeforeFirstAnswer(t *testing.T) {
 	})
 	f := follow(t, d)
 	waitFor(t, "db's first query", func() bool { return proxy.Requests(dbPath) >= 1 })
+	waitFor(t, "the list watch to park", func() bool { return proxy.Requests(listPath) >= 2 })
 
-	// The list watch's parked query returns on a change and meets the
-	// fault; once it answers again, every watch starts over.
+	// The parked list query was forwarded before the fault: a change wakes
+	// it, and the one issued next reads index 1 once another change wakes
+	// it: below what the watch has seen.
 	lists := proxy.Requests(listPath)
-	proxy.Set(listPath, faultproxy.Status500)
+	proxy.Set(listPath, faultproxy.IndexBackwards)
 	agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "cache", Port: 6379})
-	waitFor(t, "the list watch to fail", func() bool { return proxy.Requests(listPath) >= lists+2 })
+	waitFor(t, "the list query with the fault", func() bool { return proxy.Requests(listPath) >= lists+1 })
+	agent.RegisterInstance(t, consultest.Instance{Node: "n4", Service: "queue", Port: 5672})
+	waitFor(t, "the list watch to see the index go back", func() bool { return proxy.Requests(listPath) >= lists+2 })
 	proxy.Clear(listPath)
-	waitFor(t, "the list watch to answer again", func() bool { return proxy.Requests(listPath) >= lists+3 })
 	proxy.Clear(dbPath)
 	f.until(t, "the first snapshot", func(g map[string]*targetgroup.Group) bool { return len(g) > 0 })
-	for _, name := range []string{"web", "db", "cache"} {
+	for _, name := range []string{"web", "db", "cache", "queue"} {
 		if f.groups[name] == nil {
 			t.Errorf("first snapshot lacks %s: %v", name, f.groups)
 		}
