@@ -2,6 +2,7 @@ package consulsd
 
 import (
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,12 +110,17 @@ func appendInstanceLabels(dst []labelPair, e *api.ServiceEntry, tagSeparator str
 // stored returns the value to keep in a group's map. A node's values are
 // interned, one copy shared by every instance on the node: each instance's
 // answer from Consul decodes into strings of its own, and a node typically
-// runs many instances. The copies are weak: a value no target uses any
-// more is freed. Interning only what is stored keeps the check of an
-// unchanged service (holds) free of it.
-func (p labelPair) stored() model.LabelValue {
+// runs many instances. The handle of each interned value is appended to
+// handles, which the group keeps alive (see groupOf): the unique package
+// forgets a value at the first garbage collection after its last handle
+// goes, and the next service on the node would get a copy of its own.
+// Interning only what is stored keeps the check of an unchanged service
+// (holds) free of it.
+func (p labelPair) stored(handles *[]unique.Handle[string]) model.LabelValue {
 	if p.fromNode {
-		return model.LabelValue(unique.Make(string(p.value)).Value())
+		h := unique.Make(string(p.value))
+		*handles = append(*handles, h)
+		return model.LabelValue(h.Value())
 	}
 	return p.value
 }
@@ -191,6 +197,7 @@ func holds(g *targetgroup.Group, instances [][]labelPair) bool {
 // labels are left out: Prometheus treats them as absent.
 func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 	g := &targetgroup.Group{Source: name, Targets: make([]model.LabelSet, 0, len(instances))}
+	var handles []unique.Handle[string]
 	var shared []labelPair
 	if len(instances) > 1 {
 		for j, p := range instances[0] {
@@ -205,7 +212,7 @@ func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 	if len(shared) > 0 {
 		g.Labels = make(model.LabelSet, len(shared))
 		for _, p := range shared {
-			g.Labels[p.name] = p.stored()
+			g.Labels[p.name] = p.stored(&handles)
 		}
 	}
 	for _, own := range instances {
@@ -220,10 +227,16 @@ func groupOf(name string, instances [][]labelPair) *targetgroup.Group {
 		labels := make(model.LabelSet, n)
 		for _, p := range own {
 			if p.value != "" && !isShared(p.name) {
-				labels[p.name] = p.stored()
+				labels[p.name] = p.stored(&handles)
 			}
 		}
 		g.Targets = append(g.Targets, labels)
+	}
+	if len(handles) > 0 {
+		// The runtime holds a cleanup's argument until the group is
+		// unreachable: the group's node values stay interned exactly as
+		// long as the group lives.
+		runtime.AddCleanup(g, func([]unique.Handle[string]) {}, handles)
 	}
 	return g
 }

@@ -3,7 +3,9 @@ package consulsd
 import (
 	"fmt"
 	"reflect"
+	"runtime"
 	"testing"
+	"unsafe"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/common/model"
@@ -237,4 +239,42 @@ func TestHolds(t *testing.T) {
 // new or changed.
 func serviceGroup(name string, entries []*api.ServiceEntry, tagSeparator string) *targetgroup.Group {
 	return groupOf(name, instanceLabels(entries, tagSeparator))
+}
+
+// TestNodeValuesSharedAcrossGC: instances on one node, in services built
+// at different times, share one copy of the node's values for as long as a
+// group holds them, also across garbage collections (at GOGC=50 a full
+// round at scale spans several).
+func TestNodeValuesSharedAcrossGC(t *testing.T) {
+	entry := func(service string) *api.ServiceEntry {
+		// Fresh strings, as decoding each answer makes them.
+		return &api.ServiceEntry{
+			Node:    &api.Node{Node: fmt.Sprint("node-", 42), Address: fmt.Sprint("10.0.0.", 42), Datacenter: "dc1"},
+			Service: &api.AgentService{ID: service + "-1", Service: service, Port: 80},
+		}
+	}
+	// Two instances, so that the node's labels stay on the targets.
+	build := func(service string) *targetgroup.Group {
+		other := entry(service)
+		other.Node.Node, other.Service.ID = "node-7", service+"-2"
+		return serviceGroup(service, []*api.ServiceEntry{entry(service), other}, ",")
+	}
+	nodeOf := func(g *targetgroup.Group) string {
+		for _, tl := range g.Targets {
+			if tl[nodeLabel] == "node-42" {
+				return string(tl[nodeLabel])
+			}
+		}
+		t.Fatalf("group %s: no target on node-42: %v", g.Source, g.Targets)
+		return ""
+	}
+
+	web := build("web")
+	runtime.GC()
+	runtime.GC()
+	db := build("db")
+	if a, b := nodeOf(web), nodeOf(db); unsafe.StringData(a) != unsafe.StringData(b) {
+		t.Error("the groups of web and db, built with a garbage collection in between, hold separate copies of node-42's name")
+	}
+	runtime.KeepAlive(web)
 }
