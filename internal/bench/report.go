@@ -382,10 +382,18 @@ func (r *report) method() string {
 		fmt.Sprintf("- **Quiet cluster.** The adapter with its defaults and `--refresh.interval=5s` (12 rounds a minute) and the built-in SD (Prometheus's settings) side by side, each through its own counting proxy, after both have the whole catalog and %s have passed. Adapter: requests and `process_cpu_seconds_total` (from its `/metrics`) over the quiet window. Built-in SD: requests over %s, one full cycle of its 2-minute blocking queries (each returns after 120–127.5 s when nothing changes), so its figure is one request per service per cycle spread over the window.", builtinSettle, builtinQuietWindow),
 		"- **Render + write.** `go test -run='^$' -bench='^BenchmarkRender(Write)?100k(YAML)?$' -benchmem -count=5 ./adapter`: `Adapter.Update` with 100,000 targets in 20,000 groups, every label on the target (17 each, the most work for the converter); successive snapshots differ in one target's health, so every operation converts, encodes and streams the whole file into a temporary file, fsyncs it and renames it into place. `BenchmarkRender100k` is the conversion and encoding alone, to `io.Discard`; the `YAML` variants write a `.yml` file.",
 		"- **Peak RSS at 100,000 targets** (`-large`): the catalog grown to 20,000 services × 5 instances, the adapter with its defaults and `--once` (peak RSS measured as for the cold refresh); then the adapter as a daemon with its defaults, through its first round and three more full rounds (each after a new tag on one instance moved the services index), its peak read from `VmHWM` in `/proc/<pid>/status`.",
+		fmt.Sprintf("- **Churn.** A dev agent serving HTTP and HTTPS (HTTP/2) holds the synthetic catalog. Each observer runs alone against it, through its own counting proxy (`internal/faultproxy`, which serves HTTP/2 to HTTP/2 clients and forwards over HTTP/2 to the HTTPS port): the adapter over HTTP (the tables watch, its default there) and over HTTPS (the per-service watch, its default there), both with their defaults, and Prometheus's own Consul SD over HTTP and over HTTPS in-process (throttle %s). Each is measured first on the quiet catalog for %s once it has the whole catalog (the built-in SD after it settled into its blocking queries), then under one change a second, cycling through every kind: a new instance of an existing service (passing or critical), maintenance on, a health flip, a new service, a node meta change, a service tag change, a deregistration and maintenance off and a service's removal (each undoing the change six seconds earlier), a node address change, a service meta change. Requests per change are all the observer's requests in the churn window over the changes; requests by kind are those from one change to the next. Consul CPU is utime+stime of the agent from `/proc/<pid>/stat`; the adapter's CPU from its `process_cpu_seconds_total`. Propagation runs from the API call returning to the change being visible, found by the instance's labels in the file (read when it changes, stat every %s) or on the built-in SD's `SyncCh`; changes an observer never showed within %s count as missed. A node change touches every service with an instance on that node (%d instances a node), and every observer re-reads all of them.", tunedUpdatert, r.churnQuiet(), filePoll, churnSettle, instancesPerNode),
 		fmt.Sprintf("- The Consul agent's `limits.http_max_conns_per_client` is raised to %d: the built-in SD holds one connection per service, more than the default 200 at 2,000 services.", maxConnsPerClient),
 		"- MB are 10^6 bytes.",
 	}
 	return strings.Join(lines, "\n") + "\n"
+}
+
+func (r *report) churnQuiet() time.Duration {
+	if len(r.churn) > 0 {
+		return r.churn[0].Quiet
+	}
+	return 0
 }
 
 func (r *report) changes() int {
