@@ -86,6 +86,46 @@ func TestStatusPageInBrowser(t *testing.T) {
 	checkPage(t, page, insts) // the last successful refresh's, without cache
 }
 
+// TestStatusPagePagingInBrowser: with more services than one page shows,
+// the page lists the first ones, says where it is, and its Next link leads
+// to the rest; the counts are the catalog's, not the page's.
+func TestStatusPagePagingInBrowser(t *testing.T) {
+	const services = 60 // the page shows 50
+	agent := consultest.Start(t)
+	var insts []consultest.Instance
+	for i := range services {
+		inst := consultest.Instance{
+			Node: fmt.Sprintf("node-%02d", i), NodeAddress: fmt.Sprintf("127.0.1.%d", i+1),
+			Service: fmt.Sprintf("svc-%02d", i), ID: fmt.Sprintf("svc-%02d-1", i), Port: 80,
+		}
+		agent.RegisterInstance(t, inst)
+		insts = append(insts, inst)
+	}
+	adapter := startAdapter(t, agent.Addr, filepath.Join(t.TempDir(), "custom_sd.json"))
+	b := startBrowser(t)
+
+	first := b.load(t, "http://"+adapter.addr+"/")
+	b.screenshot(t, "status-page-paged.png")
+	if !strings.Contains(first.PageInfo, "page 1 of 2") {
+		t.Errorf("first page says %q, want page 1 of 2", first.PageInfo)
+	}
+	next := run(t, b, "reading the Next link", chromedp.Evaluate[string](`(document.querySelector("a[rel=next]") || {}).href || ""`))
+	if next == "" {
+		t.Fatal("the first page has no Next link")
+	}
+	second := b.load(t, next)
+	if !strings.Contains(second.PageInfo, "page 2 of 2") {
+		t.Errorf("second page says %q, want page 2 of 2", second.PageInfo)
+	}
+	if len(first.Services) >= services || len(second.Services) == 0 {
+		t.Errorf("the pages list %d and %d services, want the %d split over both", len(first.Services), len(second.Services), services)
+	}
+	// Together the two pages are what one page used to be.
+	both := first
+	both.Services = append(slices.Clip(first.Services), second.Services...)
+	checkPage(t, both, insts)
+}
+
 // statusPage is what the browser shows, read through the DOM.
 type statusPage struct {
 	Title          string
@@ -95,6 +135,7 @@ type statusPage struct {
 	LastSuccess    string
 	ServiceCount   string
 	TargetCount    string
+	PageInfo       string // where the page is among all ("page 1 of 2"); "" on a single page
 	Services       []pageService
 	// ScrollWidth > ClientWidth means the page scrolls sideways.
 	ScrollWidth, ClientWidth int
@@ -132,6 +173,7 @@ const readPageJS = `(() => {
 		LastSuccess: text("last-success"),
 		ServiceCount: text("service-count"),
 		TargetCount: text("target-count"),
+		PageInfo: (document.querySelector(".page-info") || {innerText: ""}).innerText.trim(),
 		Services: services,
 		ScrollWidth: document.documentElement.scrollWidth,
 		ClientWidth: document.documentElement.clientWidth,
