@@ -42,7 +42,7 @@ var ErrAddress = errors.New("invalid Consul address")
 var ErrTokenFile = errors.New("ACL token file")
 
 // errFilterRejected is returned when Consul refuses the filter expression.
-var errFilterRejected = errors.New("Consul rejected the filter expression")
+var errFilterRejected = errors.New("the filter expression was rejected by Consul")
 
 var errACLFiltered = errors.New("the ACL token may read nothing in the catalog (Consul hides what a token may not read): check the token and its service:read and node:read permissions")
 

@@ -1,6 +1,7 @@
 // Command bench measures the adapter against a real Consul agent, side by
-// side with the baselines DESIGN.md names, and prints one table (also
-// written to docs/benchmarks.md). `make bench` runs it.
+// side with its baselines (the upstream example's sequential loop and
+// Prometheus's own Consul SD), and prints its tables (also written to
+// docs/benchmarks.md). `make bench` runs it.
 //
 // Everything runs on loopback: Consul agents it starts, the adapter binary
 // built from this checkout, counting proxies (internal/faultproxy) and
