@@ -32,9 +32,6 @@ import (
 // as the upstream custom-sd example does.
 const consulService = "consul"
 
-// errACLFiltered is returned when Consul hid every result from our ACL
-// token. Consul answers such reads with 200 and an empty list; taken at face
-// value that would delete every target, so it fails the round instead.
 // ErrAddress is returned by New for an address no request could go to.
 var ErrAddress = errors.New("invalid Consul address")
 
@@ -44,6 +41,9 @@ var ErrTokenFile = errors.New("ACL token file")
 // errFilterRejected is returned when Consul refuses the filter expression.
 var errFilterRejected = errors.New("the filter expression was rejected by Consul")
 
+// errACLFiltered is returned when Consul hid every result from our ACL
+// token. Consul answers such reads with 200 and an empty list; taken at face
+// value that would delete every target, so it fails the round instead.
 var errACLFiltered = errors.New("the ACL token may read nothing in the catalog (Consul hides what a token may not read): check the token and its service:read and node:read permissions")
 
 // Config says where Consul is and what to discover. The zero value of a
@@ -169,7 +169,11 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if cfg.Watch && cfg.MinRoundInterval <= 0 {
 		return nil, errors.New("minimum round interval must be positive")
 	}
-	https := usesHTTPS(clientConfig(cfg))
+	conf := clientConfig(cfg)
+	if err := checkAddress(conf); err != nil {
+		return nil, err
+	}
+	https := usesHTTPS(conf)
 	switch cfg.WatchMode {
 	case "", WatchAuto:
 		cfg.WatchMode = WatchTables
@@ -186,10 +190,6 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
-		return nil, err
-	}
-	conf := clientConfig(cfg)
-	if err := checkAddress(conf); err != nil {
 		return nil, err
 	}
 	var tokens *tokenFile
