@@ -25,6 +25,12 @@ const (
 	WatchTables = "tables"
 )
 
+// gatherWindow is how long a first change waits for others before it goes
+// out: one write to a node wakes the query of every service on it, and their
+// answers arrive within milliseconds of each other. Sent together they cost
+// one update; the first alone would hold the rest back a MinRoundInterval.
+const gatherWindow = 25 * time.Millisecond
+
 // DefaultServiceWait is Consul's own cap on a blocking query's wait
 // (max_query_time, 10 minutes by default).
 const DefaultServiceWait = 10 * time.Minute
@@ -166,7 +172,7 @@ func (d *Discovery) runServices(ctx context.Context, ch chan<- []*targetgroup.Gr
 		if !due {
 			if !waiting {
 				waiting = true
-				send.Reset(limiter.Reserve().Delay())
+				send.Reset(max(limiter.Reserve().Delay(), gatherWindow))
 			}
 			continue
 		}
