@@ -266,18 +266,44 @@ func TestFaultMatrix(t *testing.T) {
 func TestIndexBackwards(t *testing.T) {
 	agent, proxy, out, _ := startBehindProxy(t, webOn(1), "--refresh.interval=10m")
 
+	counts := func() map[string]int {
+		m := map[string]int{}
+		for _, p := range indexPaths {
+			m[p] = proxy.Requests(p)
+		}
+		return m
+	}
+	// waitAll waits until every watcher has issued a query since before.
+	waitAll := func(what string, before map[string]int) {
+		t.Helper()
+		eventually(t, what, func() bool {
+			for p, n := range before {
+				if proxy.Requests(p) <= n {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	start, began := proxy.TotalRequests(), time.Now()
 	for _, p := range indexPaths {
 		proxy.Set(p, faultproxy.IndexBackwards)
 	}
 	// The fault applies to requests that arrive from now on: the blocking
-	// queries already waiting answer the first change with the real index.
-	// Only the second change reaches the watchers as an index going back.
+	// queries already waiting answer the first change with the real index,
+	// and the watchers ask again, this time through the fault.
+	before := counts()
 	agent.RegisterInstance(t, webOn(2)) // moves all three indexes
-	time.Sleep(300 * time.Millisecond)
+	waitAll("every watcher to ask again through the fault", before)
+	// The second change reaches them as an index gone back to 1; they ask
+	// again with index 1, which Consul answers at once, and keep getting
+	// index 1: the path where a watcher must pace itself, not spin.
+	before = counts()
 	agent.RegisterInstance(t, webOn(3))
-	time.Sleep(time.Second)
+	waitAll("every watcher to see the index go back", before)
 	agent.SetHealth(t, webOn(1), api.HealthWarning)
+	// A window to count what the watchers do on that path; spinning, they
+	// made over 1,000 requests a second.
 	time.Sleep(time.Second)
 	for _, p := range indexPaths {
 		proxy.Clear(p)
