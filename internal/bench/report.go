@@ -298,7 +298,7 @@ func (r *report) rows() []row {
 		add(row{
 			what: fmt.Sprintf("… then while polled: %d GETs of the status page, %d at once, and of `/targets`", l.PolledGets, pollTabs),
 			adapter: fmt.Sprintf("%s peak RSS; one status page %s in %s", mb(l.PolledPeakRSS),
-				mb(int64(l.StatusBytes)), millis(l.StatusDuration)),
+				fmt.Sprintf("%.0f kB", float64(l.StatusBytes)/1e3), millis(l.StatusDuration)),
 			target:  "< 150 MB",
 			reached: yesNo(float64(l.PolledPeakRSS) < targetRSSAt100k),
 		})
