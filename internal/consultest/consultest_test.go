@@ -201,7 +201,15 @@ func TestCluster(t *testing.T) {
 	if next == leader {
 		t.Fatal("the killed server still leads")
 	}
-	c.Client.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "web", Port: 80})
+	// The client agent's first write may still go to the old leader's
+	// connection and fail ("stream closed"): the cluster takes writes again
+	// once the agent has moved on.
+	waitUntil(t, "a write through the client agent after the election", func() bool {
+		_, err := c.Client.Client.Catalog().Register(&api.CatalogRegistration{
+			Node: "n2", Address: "127.0.0.1", Service: &api.AgentService{ID: "web", Service: "web", Port: 80},
+		}, nil)
+		return err == nil
+	})
 	if err := leader.Start(); err != nil {
 		t.Fatal(err)
 	}
