@@ -41,6 +41,10 @@ var ErrTokenFile = errors.New("ACL token file")
 // errFilterRejected is returned when Consul refuses the filter expression.
 var errFilterRejected = errors.New("the filter expression was rejected by Consul")
 
+// errNoLeader is returned for an answer from a server that knew of no
+// leader (X-Consul-KnownLeader: false).
+var errNoLeader = errors.New("the Consul server that answered knows of no leader, so its answer may be arbitrarily old; keeping the targets")
+
 // errACLFiltered is returned when Consul hid every result from our ACL
 // token. Consul answers such reads with 200 and an empty list; taken at face
 // value that would delete every target, so it fails the round instead.

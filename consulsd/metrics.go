@@ -26,6 +26,7 @@ const (
 	reasonConnection = "connection"  // anything else: refused, reset, TLS, DNS
 	reasonACL        = "acl"         // Consul hid every result from our token
 	reasonFilter     = "filter"      // Consul rejected the filter expression
+	reasonNoLeader   = "no_leader"   // the server that answered knew of no leader
 )
 
 type metrics struct {
@@ -61,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "refresh_failures_total",
-			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection, acl, filter).",
+			Help:      "Failed refresh rounds by reason (timeout, http_status, decode, connection, acl, filter, no_leader).",
 		}, []string{"reason"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace,
@@ -108,7 +109,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"success", "failure"} {
 		m.refreshes.WithLabelValues(r)
 	}
-	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter} {
+	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter, reasonNoLeader} {
 		m.failures.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{
@@ -134,6 +135,8 @@ func failureReason(err error) string {
 		return reasonACL
 	case errors.Is(err, errFilterRejected):
 		return reasonFilter
+	case errors.Is(err, errNoLeader):
+		return reasonNoLeader
 	case errors.As(err, &status):
 		return reasonHTTPStatus
 	case errors.As(err, &syntax), errors.As(err, &typ), errors.Is(err, io.ErrUnexpectedEOF):
@@ -181,13 +184,26 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if err == nil {
 		code = strconv.Itoa(resp.StatusCode)
 	}
-	if err == nil {
+	// Blocking health queries are answered from the agent's streaming
+	// view, whose answers carry no leader information (KnownLeader false,
+	// LastContact 0): only answers at once say how stale their server is.
+	blocking := req.URL.Query().Has("index")
+	if err == nil && !blocking {
 		t.metrics.observeStaleness(resp.Header)
 	}
-	if req.URL.Query().Has("index") {
+	if blocking {
 		t.metrics.blockingQueries.WithLabelValues(endpointOf(req.URL.Path), code).Inc()
 	} else {
 		t.metrics.requestDuration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+	}
+	if err == nil && !blocking && resp.Header.Get("X-Consul-KnownLeader") == "false" {
+		// Without a leader nothing in the catalog can change, so the last
+		// good answers are as new as any; and a server that just restarted
+		// answers from a state it has not caught up on yet, where whole
+		// services may be missing. Taken as a failure, the answer keeps
+		// the targets as they were.
+		resp.Body.Close()
+		return nil, errNoLeader
 	}
 	return resp, err
 }

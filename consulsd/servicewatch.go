@@ -219,7 +219,7 @@ func (d *Discovery) recordWatched(watched map[string]*watchedService) {
 // sends the wanted names whenever the list's index moves.
 func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceList) {
 	// index is the one to wait on, 0 after an error (Consul may be back
-	// with less state); seen is the last one answered.
+	// with less state); seen is that of the last list applied.
 	var index, seen uint64
 	failures := 0
 	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
@@ -249,17 +249,41 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 		}
 		failures = 0
 		next := max(meta.LastIndex, 1)
-		if index != 0 && next == index {
-			continue
+		restart := false
+		switch {
+		case next == seen:
+			index = next
+			continue // nothing new
+		case next < seen:
+			// A server behind the one that answered before (just
+			// restarted, not caught up: whole services may be missing), or
+			// Consul lost state. Only the leader can tell which.
+			if !d.lostState(ctx, seen) {
+				index = seen
+				continue
+			}
+			restart = true
 		}
 		names := d.wantedNames(services)
 		select {
-		case lists <- serviceList{names: names, restart: next < seen}:
+		case lists <- serviceList{names: names, restart: restart}:
 		case <-ctx.Done():
 			return
 		}
 		index, seen = next, next
 	}
+}
+
+// lostState asks the leader whether the service list's index is below seen:
+// then Consul lost state (a restart with less, a restored snapshot), and an
+// answer below seen is its truth rather than a lagging server's.
+func (d *Discovery) lostState(ctx context.Context, seen uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+	defer cancel()
+	opts := d.queryOptions(ctx)
+	opts.AllowStale = false
+	_, meta, err := d.watchClient.Catalog().Services(opts)
+	return err == nil && meta.LastIndex < seen
 }
 
 // watchService keeps a blocking query on one service's instances, the same
@@ -268,7 +292,8 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 // meta and the service's nodes all move it, other services' changes do not.
 func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, slots chan struct{}, answers chan<- serviceAnswer) {
 	var (
-		index    uint64
+		index    uint64 // to wait on; 0 after an error
+		seen     uint64 // of the last answer applied
 		last     *targetgroup.Group
 		failures int
 	)
@@ -326,10 +351,16 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 		}
 		failures = 0
 		next := max(meta.LastIndex, 1)
-		if index != 0 && next == index {
-			continue // the wait ended with nothing new
+		if next <= seen {
+			// Nothing new; or older than what was applied: a server that
+			// lags (just restarted, not caught up), whose answer could
+			// drop instances. Wait on the index already applied: a lagging
+			// server answers once it has caught up. Consul losing state
+			// is told by the list, which then starts this watch afresh.
+			index = seen
+			continue
 		}
-		index = next
+		index, seen = next, next
 		instances := instanceLabels(entries, d.cfg.TagSeparator)
 		if last != nil && holds(last, instances) {
 			continue // the index moved, the labels did not (a check's output)

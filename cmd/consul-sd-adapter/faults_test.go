@@ -160,7 +160,7 @@ func startBehindProxy(t *testing.T, first consultest.Instance, args ...string) (
 
 // failureReasons are the values of consul_sd_adapter_refresh_failures_total's
 // reason label.
-var failureReasons = []string{"timeout", "http_status", "decode", "connection", "acl"}
+var failureReasons = []string{"timeout", "http_status", "decode", "connection", "acl", "filter", "no_leader"}
 
 func (d *daemon) failures(reason string) float64 {
 	return d.metric(`consul_sd_adapter_refresh_failures_total{reason="` + reason + `"}`)
