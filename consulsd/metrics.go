@@ -188,7 +188,7 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	// view, whose answers carry no leader information (KnownLeader false,
 	// LastContact 0): only answers at once say how stale their server is.
 	blocking := req.URL.Query().Has("index")
-	if err == nil && !blocking {
+	if err == nil && !blocking && resp.StatusCode/100 == 2 {
 		t.metrics.observeStaleness(resp.Header)
 	}
 	if blocking {
@@ -196,7 +196,9 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	} else {
 		t.metrics.requestDuration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
 	}
-	if err == nil && !blocking && resp.Header.Get("X-Consul-KnownLeader") == "false" {
+	// Error answers (a 403 for an unknown token) carry KnownLeader false
+	// too: they fail on their own status.
+	if err == nil && !blocking && resp.StatusCode/100 == 2 && resp.Header.Get("X-Consul-KnownLeader") == "false" {
 		// Without a leader nothing in the catalog can change, so the last
 		// good answers are as new as any; and a server that just restarted
 		// answers from a state it has not caught up on yet, where whole
