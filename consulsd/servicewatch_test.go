@@ -339,30 +339,23 @@ func TestBlockingQueriesStayOutOfTheHistogram(t *testing.T) {
 // histogramCount sums the sample counts of a histogram's series for endpoint.
 func histogramCount(t *testing.T, reg *prometheus.Registry, name, endpoint string) uint64 {
 	t.Helper()
-	var n uint64
-	for _, m := range seriesOf(t, reg, name, endpoint) {
-		n += m.GetHistogram().GetSampleCount()
-	}
-	return n
+	return uint64(sumSeries(t, reg, name, endpoint, func(m *dto.Metric) float64 { return float64(m.GetHistogram().GetSampleCount()) }))
 }
 
 // counterSum sums a counter's series for endpoint.
 func counterSum(t *testing.T, reg *prometheus.Registry, name, endpoint string) float64 {
 	t.Helper()
-	var n float64
-	for _, m := range seriesOf(t, reg, name, endpoint) {
-		n += m.GetCounter().GetValue()
-	}
-	return n
+	return sumSeries(t, reg, name, endpoint, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
 }
 
-func seriesOf(t *testing.T, reg *prometheus.Registry, name, endpoint string) []*dto.Metric {
+// sumSeries sums value over a metric's series for endpoint.
+func sumSeries(t *testing.T, reg *prometheus.Registry, name, endpoint string, value func(*dto.Metric) float64) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*dto.Metric
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -370,12 +363,12 @@ func seriesOf(t *testing.T, reg *prometheus.Registry, name, endpoint string) []*
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "endpoint" && l.GetValue() == endpoint {
-					out = append(out, m)
+					sum += value(m)
 				}
 			}
 		}
 	}
-	return out
+	return sum
 }
 
 // TestServiceWatchNewServiceFailingHoldsUpNoOther: after the first

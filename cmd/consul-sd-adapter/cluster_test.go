@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -217,7 +218,7 @@ func guardFiles(t *testing.T, files map[string]string, stable string) *fileGuard
 				}
 				n := 0
 				for k := range v {
-					if len(k) > len(stable) && k[:len(stable)] == stable {
+					if strings.HasPrefix(k, stable+"-") {
 						n++
 					}
 				}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -39,7 +40,7 @@ func (r *report) churnTables() string {
 		b.WriteString("| Observer | Requests/min quiet | Requests/min churn | Requests per change | Consul CPU quiet (s/min) | Consul CPU churn (s/min) | Churn ÷ quiet | Adapter CPU churn (s/min) | Adapter peak RSS | Start to first file | Peak connections | Propagation p50 / p99, all kinds | Missed |\n")
 		b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, row := range c.Rows {
-			all := slices.Concat(mapsValues(row.Latency)...)
+			all := slices.Concat(slices.Collect(maps.Values(row.Latency))...)
 			acpu := "in-process"
 			if row.AdapterCPU >= 0 {
 				acpu = fmt.Sprintf("%.2f", row.AdapterCPU)
@@ -94,7 +95,7 @@ func (r *report) churnTargets(c *churnResult) string {
 		if strings.HasPrefix(row.Observer, "built-in") {
 			continue
 		}
-		all := slices.Concat(mapsValues(row.Latency)...)
+		all := slices.Concat(slices.Collect(maps.Values(row.Latency))...)
 		p99 := rank(all, 99)
 		target := targetPerChangeHTTP
 		if strings.Contains(row.Observer, "HTTPS") {
@@ -111,14 +112,6 @@ func (r *report) churnTargets(c *churnResult) string {
 			quiet, targetQuietRequests, yesNo(quiet <= targetQuietRequests), row.Missed))
 	}
 	return strings.Join(lines, "\n") + "\n\n"
-}
-
-func mapsValues[K comparable, V any](m map[K]V) []V {
-	vs := make([]V, 0, len(m))
-	for _, v := range m {
-		vs = append(vs, v)
-	}
-	return vs
 }
 
 // rank is percentile with 0 for no samples.

@@ -99,15 +99,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 // it once ready. The caller stops it. On failure the error holds the tail
 // of the agent's log, and the returned agent, if any, needs stopping.
 func Launch(bin, dir string, opts ...Option) (*Agent, error) {
-	a := &Agent{
-		bin:  bin,
-		dir:  dir,
-		Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1)),
-	}
-	a.logPath = filepath.Join(a.dir, "consul.log")
-	for _, o := range opts {
-		o(&a.cfg)
-	}
+	a := newAgent(bin, dir, opts...)
 	if tc := a.cfg.tls; tc != nil {
 		for _, f := range []string{tc.ca, tc.cert, tc.key} {
 			if _, err := os.Stat(f); err != nil {
@@ -137,6 +129,17 @@ func Launch(bin, dir string, opts ...Option) (*Agent, error) {
 		return nil, fmt.Errorf("starting consul agent: %w", err)
 	}
 	return a, fmt.Errorf("starting consul agent: %w\nlog tail (%s):\n%s", err, a.logPath, a.logTail(40))
+}
+
+// newAgent prepares an agent that keeps its log and data in dir, with a
+// node name unique among this process's agents.
+func newAgent(bin, dir string, opts ...Option) *Agent {
+	a := &Agent{bin: bin, dir: dir, Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1))}
+	a.logPath = filepath.Join(dir, "consul.log")
+	for _, o := range opts {
+		o(&a.cfg)
+	}
+	return a
 }
 
 // setup picks the ports and builds the client for them.

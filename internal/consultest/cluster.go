@@ -54,7 +54,7 @@ func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
 	c := &Cluster{}
 	var join []string
 	for i := range clusterServers {
-		a, err := newAgent(bin, filepath.Join(dir, fmt.Sprintf("server-%d", i)))
+		a, err := clusterAgent(bin, filepath.Join(dir, fmt.Sprintf("server-%d", i)))
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +62,7 @@ func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
 		c.Servers = append(c.Servers, a)
 		join = append(join, net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfLAN)))
 	}
-	client, err := newAgent(bin, filepath.Join(dir, "client"), opts...)
+	client, err := clusterAgent(bin, filepath.Join(dir, "client"), opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -84,16 +84,13 @@ func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
 	return c, nil
 }
 
-// newAgent prepares an agent in its own directory, with its ports picked.
-func newAgent(bin, dir string, opts ...Option) (*Agent, error) {
+// clusterAgent prepares an agent of the cluster in its own directory,
+// with its ports picked.
+func clusterAgent(bin, dir string, opts ...Option) (*Agent, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	a := &Agent{bin: bin, dir: dir, Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1))}
-	a.logPath = filepath.Join(dir, "consul.log")
-	for _, o := range opts {
-		o(&a.cfg)
-	}
+	a := newAgent(bin, dir, opts...)
 	return a, a.setup()
 }
 
