@@ -45,6 +45,12 @@ var errFilterRejected = errors.New("the filter expression was rejected by Consul
 // leader (X-Consul-KnownLeader: false).
 var errNoLeader = errors.New("the Consul server that answered knows of no leader, so its answer may be arbitrarily old; keeping the targets")
 
+// errBehind is returned for a round read with stale reads in which a server
+// answered with an older state than the targets already hold: one that was
+// restarted and is replaying its log, or cut off and catching up. Taken at
+// face value, it would take back instances that never changed.
+var errBehind = errors.New("a Consul server answered with an older state than the targets already hold")
+
 // errACLFiltered is returned when Consul hid every result from our ACL
 // token. Consul answers such reads with 200 and an empty list; taken at face
 // value that would delete every target, so it fails the round instead.
@@ -132,8 +138,11 @@ type Discovery struct {
 	// What the last successful round saw, so that the next one can tell
 	// whether anything changed and which services have gone. Only Refresh
 	// touches these.
-	state         catalogState
-	wentBackwards bool // in the last round, an index was below the one before
+	state catalogState
+	// serviceIndexes holds the X-Consul-Index of each service's answer
+	// in the snapshot: an answer below it comes from a server behind.
+	serviceIndexes map[string]uint64
+	wentBackwards  bool // in the last round, the leader's indexes were below the ones before
 	// resync makes the next round query every service, whatever the
 	// indexes say. It is set when Consul may have lost or replaced its
 	// state (a failed round, a failed watch): a restarted agent can come
@@ -429,19 +438,41 @@ func (d *Discovery) refreshRound(ctx context.Context) ([]*targetgroup.Group, boo
 }
 
 func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, error) {
-	names, servicesIndex, err := d.listServices(ctx)
+	resync := d.resync.Swap(false)
+	d.wentBackwards = false
+	groups, changed, err := d.round(ctx, d.cfg.AllowStale, resync)
+	if errors.Is(err, errBehind) {
+		// Only the leader holds every write that any server has confirmed.
+		// If it is behind too, Consul lost state (a restore, a restarted
+		// dev agent), and that is the truth now.
+		d.metrics.behindAnswers.Inc()
+		level.Debug(d.logger).Log("msg", "A lagging server answered; reading the round again from the leader", "err", err)
+		groups, changed, err = d.round(ctx, false, resync)
+	}
+	return groups, changed, err
+}
+
+// round reads the catalog once: with stale reads (any server answers) it
+// fails with errBehind rather than take back what a round before applied.
+func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgroup.Group, bool, error) {
+	names, servicesIndex, err := d.listServices(ctx, stale)
 	if err != nil {
 		return nil, false, fmt.Errorf("listing services: %w", err)
 	}
 	// Read before the per-service queries: a change during the round then
 	// shows as a moved index in the next one.
-	state, err := d.readState(ctx, servicesIndex)
+	state, err := d.readState(ctx, servicesIndex, stale)
 	if err != nil {
 		return nil, false, fmt.Errorf("reading catalog indexes: %w", err)
 	}
-	d.wentBackwards = state.before(d.state)
+	if state.before(d.state) {
+		if stale {
+			return nil, false, fmt.Errorf("catalog indexes %+v below %+v: %w", state, d.state, errBehind)
+		}
+		d.wentBackwards = true
+	}
 	settle := false
-	if !d.resync.Swap(false) {
+	if !resync {
 		switch {
 		case d.snapshot != nil && state == d.state && !d.unsettled:
 			return d.snapshot, false, nil // nothing changed: a round of three requests
@@ -452,22 +483,27 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 			// again to show it: read every service once from the leader.
 			settle = true
 		case d.healthOnly(state):
-			groups, changed, err := d.healthRound(ctx, state)
-			d.unsettled = d.unsettled || (err == nil && d.cfg.AllowStale)
+			groups, changed, err := d.healthRound(ctx, state, stale)
+			d.unsettled = d.unsettled || (err == nil && stale)
 			return groups, changed, err
 		}
 	}
+	stale = stale && !settle
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
+	indexes := make([]uint64, len(names))
 	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
 	g.SetLimit(d.cfg.MaxConcurrency)
 	for i, name := range names {
 		g.Go(func() error {
-			entries, err := d.serviceInstances(gctx, name, d.cfg.AllowStale && !settle)
+			entries, index, err := d.serviceInstances(gctx, name, stale)
 			if err != nil {
 				return fmt.Errorf("querying service %q: %w", name, err)
 			}
-			groups[i] = d.roundGroup(name, entries)
+			if seen := d.serviceIndexes[name]; stale && index < seen {
+				return fmt.Errorf("service %q at index %d, below %d: %w", name, index, seen, errBehind)
+			}
+			groups[i], indexes[i] = d.roundGroup(name, entries), index
 			return nil
 		})
 	}
@@ -476,14 +512,16 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 	}
 
 	current := make(map[string]struct{}, len(names))
+	serviceIndexes := make(map[string]uint64, len(names))
 	targets := 0
 	changed := d.snapshot == nil || len(names) != len(d.snapshot)
 	for i, name := range names {
 		current[name] = struct{}{}
+		serviceIndexes[name] = indexes[i]
 		targets += len(groups[i].Targets)
 		changed = changed || groups[i] != d.snapshot[i]
 	}
-	d.state, d.snapshot = state, groups[:len(names):len(names)]
+	d.state, d.snapshot, d.serviceIndexes = state, groups[:len(names):len(names)], serviceIndexes
 	// The Manager keeps a group until it gets an empty one with its source.
 	for name := range d.sent {
 		if _, ok := current[name]; !ok {
@@ -493,7 +531,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 	}
 	d.sent = current
 	d.targets = targets
-	d.unsettled = d.cfg.AllowStale && !settle
+	d.unsettled = stale
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
 	return groups, changed, nil
@@ -501,16 +539,22 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 
 // listServices returns the sorted names of the services to query, and the
 // index of the services table.
-func (d *Discovery) listServices(ctx context.Context) ([]string, uint64, error) {
+func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
-	services, meta, err := d.client.Catalog().Services(d.queryOptions(ctx))
+	opts := d.queryOptions(ctx)
+	opts.AllowStale = stale
+	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
 		return nil, 0, err
 	}
 	// Every Consul datacenter lists at least its servers' own "consul"
-	// service, so an empty list means the token may read none of it.
+	// service, so an empty list means the token may read none of it, or
+	// that a server answered which has not yet replayed its log.
 	if len(services) == 0 {
+		if stale && meta.LastIndex < d.state.services {
+			return nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
+		}
 		return nil, 0, errACLFiltered
 	}
 	names := d.wantedNames(services)
@@ -563,19 +607,22 @@ func (d *Discovery) wanted(name string, tags []string) bool {
 	return true
 }
 
-// serviceInstances queries one service's instances; with stale false the
-// leader answers.
-func (d *Discovery) serviceInstances(ctx context.Context, name string, stale bool) ([]*api.ServiceEntry, error) {
+// serviceInstances queries one service's instances, and returns them with
+// the service's index; with stale false the leader answers.
+func (d *Discovery) serviceInstances(ctx context.Context, name string, stale bool) ([]*api.ServiceEntry, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(ctx)
 	opts.AllowStale = stale
 	opts.Filter = d.cfg.Filter
 	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
-	if err == nil && len(entries) == 0 && meta.ResultsFilteredByACLs {
-		return nil, errACLFiltered
+	if err != nil {
+		return nil, 0, d.filterRejected(err)
 	}
-	return registeredAs(name, entries), d.filterRejected(err)
+	if len(entries) == 0 && meta.ResultsFilteredByACLs {
+		return nil, 0, errACLFiltered
+	}
+	return registeredAs(name, entries), meta.LastIndex, nil
 }
 
 // filterRejected names the filter expression when Consul refused it. Consul

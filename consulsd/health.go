@@ -34,14 +34,18 @@ type instanceKey struct {
 // healthRound recomputes the health of every target of the previous
 // snapshot from the checks that are not passing. Groups whose health did
 // not change are kept as they are.
-func (d *Discovery) healthRound(ctx context.Context, state catalogState) ([]*targetgroup.Group, bool, error) {
+func (d *Discovery) healthRound(ctx context.Context, state catalogState, stale bool) ([]*targetgroup.Group, bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(rctx)
+	opts.AllowStale = stale
 	opts.Filter = notPassing
 	checks, meta, err := d.client.Health().State(api.HealthAny, opts)
 	if err != nil {
 		return nil, false, fmt.Errorf("reading health checks: %w", err)
+	}
+	if stale && meta.LastIndex < d.state.checks {
+		return nil, false, fmt.Errorf("health checks at index %d, below %d: %w", meta.LastIndex, d.state.checks, errBehind)
 	}
 	// With stale reads another server may answer, one behind the server
 	// that gave the index: remember the older index, so that the next round

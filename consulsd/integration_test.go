@@ -638,3 +638,53 @@ func TestStaleAnswersSettle(t *testing.T) {
 		t.Errorf("a quiet round after settling queried web %d times, want none", n)
 	}
 }
+
+// TestLaggingServerTakesNothingBack: a server behind what a round before
+// applied (restarted and replaying its log, cut off and catching up)
+// answers a later round with stale reads. Its answer would take the change
+// back; the round is read again from the leader instead, and counted.
+func TestLaggingServerTakesNothingBack(t *testing.T) {
+	agent := consultest.Start(t)
+	proxy := faultproxy.Start(t, agent.Addr)
+	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web)
+	d, reg := newDiscovery(t, proxy.Addr, nil)
+	port := func(groups map[string]*targetgroup.Group) string {
+		return string(byNode(groups["web"])["n1"]["__meta_consul_service_port"])
+	}
+	refresh(t, d)
+	refresh(t, d)
+
+	// The lagging server keeps web as it was with port 80.
+	const path = "/v1/health/service/web"
+	proxy.Set(path, faultproxy.Lagging)
+	resp, err := http.Get(proxy.URL + path + "?stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	web.Port = 81
+	agent.RegisterInstance(t, web)
+	refresh(t, d)
+	if got := port(refresh(t, d)); got != "81" {
+		t.Fatalf("the settling round left port %s, want the leader's 81", got)
+	}
+
+	// Another service moves the catalog's indexes: the next round reads
+	// every service again, and web from the lagging server.
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
+	leaderReads := proxy.Requests(path)
+	groups := refresh(t, d)
+	if got := port(groups); got != "81" {
+		t.Errorf("a round with web's answer from a lagging server wrote port %s, want 81", got)
+	}
+	if _, ok := groups["db"]; !ok {
+		t.Errorf("the round read again from the leader lacks the new service db: %v", groups)
+	}
+	if n := proxy.Requests(path) - leaderReads; n != 2 {
+		t.Errorf("web was queried %d times in the round, want 2: once stale, once from the leader", n)
+	}
+	if n := counterSum(t, reg, "consul_sd_adapter_consul_behind_answers_total", ""); n != 1 {
+		t.Errorf("consul_behind_answers_total = %v, want 1", n)
+	}
+}

@@ -41,6 +41,7 @@ type metrics struct {
 	lastContact      prometheus.Gauge
 	servicesNotFound prometheus.Gauge
 	unknownLeader    prometheus.Counter
+	behindAnswers    prometheus.Counter
 	// maxContact is the largest X-Consul-LastContact, in milliseconds, of
 	// the answers since the last flushStaleness.
 	maxContact atomic.Int64
@@ -100,6 +101,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name:      "consul_unknown_leader_answers_total",
 			Help:      "Answers from a Consul server that knew of no leader (X-Consul-KnownLeader: false): they may be arbitrarily stale.",
 		}),
+		behindAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "consul_behind_answers_total",
+			Help:      "Answers from a Consul server behind what the targets already held (restarted, catching up), which were not applied: the round or the service list was read again from the leader, a service's watch waited for the server to catch up.",
+		}),
 		blockingQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "consul_blocking_queries_total",
@@ -114,7 +120,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration, m.blockingQueries,
-		m.lastContact, m.unknownLeader, m.servicesNotFound,
+		m.lastContact, m.unknownLeader, m.behindAnswers, m.servicesNotFound,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

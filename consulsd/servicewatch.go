@@ -258,6 +258,7 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 			// A server behind the one that answered before (just
 			// restarted, not caught up: whole services may be missing), or
 			// Consul lost state. Only the leader can tell which.
+			d.metrics.behindAnswers.Inc()
 			if !d.lostState(ctx, seen) {
 				index = seen
 				continue
@@ -351,6 +352,9 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 		}
 		failures = 0
 		next := max(meta.LastIndex, 1)
+		if next < seen {
+			d.metrics.behindAnswers.Inc()
+		}
 		if next <= seen {
 			// Nothing new; or older than what was applied: a server that
 			// lags (just restarted, not caught up), whose answer could

@@ -348,7 +348,8 @@ func counterSum(t *testing.T, reg *prometheus.Registry, name, endpoint string) f
 	return sumSeries(t, reg, name, endpoint, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
 }
 
-// sumSeries sums value over a metric's series for endpoint.
+// sumSeries sums value over a metric's series for endpoint, or over all of
+// them for "".
 func sumSeries(t *testing.T, reg *prometheus.Registry, name, endpoint string, value func(*dto.Metric) float64) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -361,6 +362,9 @@ func sumSeries(t *testing.T, reg *prometheus.Registry, name, endpoint string, va
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if endpoint == "" {
+				sum += value(m)
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "endpoint" && l.GetValue() == endpoint {
 					sum += value(m)

@@ -63,11 +63,13 @@ func indexQueries(c *api.Client) []indexQuery {
 
 // readState reads the nodes and checks indexes; the services index comes
 // from the round's own service listing.
-func (d *Discovery) readState(ctx context.Context, servicesIndex uint64) (catalogState, error) {
+func (d *Discovery) readState(ctx context.Context, servicesIndex uint64, stale bool) (catalogState, error) {
 	state := catalogState{services: servicesIndex}
 	for _, q := range indexQueries(d.client)[1:] {
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
-		meta, err := q.query(d.queryOptions(rctx))
+		opts := d.queryOptions(rctx)
+		opts.AllowStale = stale
+		meta, err := q.query(opts)
 		cancel()
 		if err != nil {
 			return catalogState{}, err

@@ -127,8 +127,9 @@ func TestClusterFailover(t *testing.T) {
 		for _, r := range failureReasons {
 			reasons[r] = d.failures(r)
 		}
-		t.Logf("%s daemon: failed rounds %v by reason %v; answers without a known leader %v", mode,
-			d.failedRounds()-failedBefore[mode], reasons, d.metric("consul_sd_adapter_consul_unknown_leader_answers_total"))
+		t.Logf("%s daemon: failed rounds %v by reason %v; answers without a known leader %v; answers from a server behind, not applied %v", mode,
+			d.failedRounds()-failedBefore[mode], reasons, d.metric("consul_sd_adapter_consul_unknown_leader_answers_total"),
+			d.metric("consul_sd_adapter_consul_behind_answers_total"))
 		if d.failedRounds() == failedBefore[mode] {
 			t.Errorf("%s daemon counted no failed round while every server was down", mode)
 		}
