@@ -98,52 +98,23 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 	return a, nil
 }
 
+// Path returns the output file.
+func (a *Adapter) Path() string { return a.path }
+
 // Ready reports whether the file reflects a successful discovery round.
 func (a *Adapter) Ready() bool { return a.ready.Load() }
 
 // Current returns the last successful snapshot, or nil before the first.
 func (a *Adapter) Current() *Snapshot { return a.current.Load() }
 
-// Run starts the Manager with d as its only provider and writes every update
-// until ctx ends. A failed write is retried until it succeeds or a newer
-// update replaces it.
+// Run runs d as the only provider of a Runner writing to a, until ctx ends.
 func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
-	sdMetrics, err := discovery.CreateAndRegisterSDMetrics(a.reg)
+	r, err := NewRunner(ctx, a.mlogger, a.logger, a.reg)
 	if err != nil {
 		return err
 	}
-	mgr := discovery.NewManager(ctx, a.mlogger, a.reg, sdMetrics, discovery.Name("consul_sd_adapter"), discovery.Updatert(managerThrottle))
-	if mgr == nil {
-		return errors.New("could not create the discovery manager")
-	}
-	mgr.StartCustomProvider(ctx, providerName, d)
-	go mgr.Run() //nolint:errcheck // it only returns ctx.Err()
-
-	var pending []*targetgroup.Group // set while a write has failed
-	retry := time.NewTimer(0)
-	retry.Stop()
-	defer retry.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case sets, ok := <-mgr.SyncCh():
-			if !ok {
-				return nil
-			}
-			pending = sets[providerName]
-		case <-retry.C:
-		}
-		if pending == nil {
-			continue
-		}
-		if err := a.Update(pending); err != nil {
-			level.Error(a.logger).Log("msg", "Writing the output file failed, keeping the old one", "file", a.path, "err", err, "retry_in", writeRetryInterval)
-			retry.Reset(writeRetryInterval)
-			continue
-		}
-		pending = nil
-	}
+	r.Apply(map[string]*Adapter{providerName: a}, map[string]discovery.Configs{providerName: {Discoverer(d)}})
+	return r.Run(ctx)
 }
 
 // Update writes groups to the output file if the content changed. It

@@ -51,6 +51,9 @@ func (e *Entry) LabelSet() model.LabelSet {
 // sortGroups returns groups in file order, by source, without nils. The
 // groups themselves are shared, not copied: like the discovery Manager, the
 // adapter relies on a Discoverer never changing a group it has sent.
+// Several discoverers (one per datacenter) can send groups of the same
+// source, which the Manager passes on in no fixed order: those are ordered
+// by their content, so that the same targets always give the same bytes.
 func sortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
 	sorted := make([]*targetgroup.Group, 0, len(groups))
 	for _, g := range groups {
@@ -58,8 +61,24 @@ func sortGroups(groups []*targetgroup.Group) []*targetgroup.Group {
 			sorted = append(sorted, g)
 		}
 	}
-	slices.SortStableFunc(sorted, func(a, b *targetgroup.Group) int { return strings.Compare(a.Source, b.Source) })
+	slices.SortFunc(sorted, func(a, b *targetgroup.Group) int {
+		if c := strings.Compare(a.Source, b.Source); c != 0 {
+			return c
+		}
+		return strings.Compare(groupContent(a), groupContent(b))
+	})
 	return sorted
+}
+
+// groupContent renders a group's labels and targets in a fixed order, to
+// tell apart groups of the same source. Rare enough to be done on demand.
+func groupContent(g *targetgroup.Group) string {
+	targets := make([]string, len(g.Targets))
+	for i, t := range g.Targets {
+		targets[i] = t.String()
+	}
+	slices.Sort(targets)
+	return g.Labels.String() + strings.Join(targets, "")
 }
 
 // Entries returns the entries of groups, in the order Write writes them.

@@ -1,6 +1,12 @@
 package adapter
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/promreg"
+)
 
 type metrics struct {
 	writes          prometheus.Counter
@@ -32,10 +38,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:      "Unix time of the last successful write of the output file.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.dirSyncFailures, m.lastWrite} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
+	err := errors.Join(promreg.Register(reg, &m.writes), promreg.Register(reg, &m.writeFailures),
+		promreg.Register(reg, &m.dirSyncFailures), promreg.Register(reg, &m.lastWrite))
+	return m, err
 }

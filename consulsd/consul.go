@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"sort"
@@ -83,8 +84,29 @@ type Config struct {
 	// Filter is a Consul filter expression applied to each service's
 	// /v1/health/service query (for example `Service.Meta.env == "prod"`).
 	Filter string
+	// CatalogFilter is a Consul filter expression applied to the service
+	// list (/v1/catalog/services): a service with at least one matching
+	// instance is discovered, with all its instances. Prometheus's
+	// `filter`; Filter is its `health_filter`.
+	CatalogFilter string
+	// NodeMeta keeps only instances on nodes with every one of these meta
+	// pairs; Consul applies it to the service list and each service's query.
+	NodeMeta map[string]string
 	// TagSeparator joins an instance's tags in __meta_consul_tags.
 	TagSeparator string
+
+	// Token is the ACL token, from a configuration file; flags take only
+	// TokenFile.
+	Token string
+	// PathPrefix, Namespace and Partition are as in Consul's API client;
+	// namespaces and partitions need Consul Enterprise.
+	PathPrefix, Namespace, Partition string
+	// Transport and WatchTransport, when set, carry every request, and the
+	// TLS fields above are ignored: they come from a configuration file's
+	// HTTP client settings (TLS, authorization, proxy, headers), shared by
+	// every block with the same settings. WatchTransport must not keep
+	// connections alive (see New).
+	Transport, WatchTransport http.RoundTripper
 
 	// RefreshInterval is the period of the full refresh round.
 	RefreshInterval time.Duration
@@ -250,6 +272,10 @@ func clientConfig(cfg Config) *api.Config {
 	set(&conf.Scheme, cfg.Scheme)
 	set(&conf.Datacenter, cfg.Datacenter)
 	set(&conf.TokenFile, cfg.TokenFile)
+	set(&conf.Token, cfg.Token)
+	set(&conf.PathPrefix, cfg.PathPrefix)
+	set(&conf.Namespace, cfg.Namespace)
+	set(&conf.Partition, cfg.Partition)
 	set(&conf.TLSConfig.CAFile, cfg.CAFile)
 	set(&conf.TLSConfig.CertFile, cfg.CertFile)
 	set(&conf.TLSConfig.KeyFile, cfg.KeyFile)
@@ -310,9 +336,15 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 	// Gzip made a round at 200 services a fifth slower, in Consul's CPU
 	// and ours, and the adapter normally runs next to a Consul agent.
 	conf.Transport.DisableCompression = true
-	httpClient, err := api.NewHttpClient(conf.Transport, conf.TLSConfig)
-	if err != nil {
-		return nil, fmt.Errorf("consul TLS configuration: %w", err)
+	httpClient := &http.Client{Transport: cfg.WatchTransport}
+	if keepAlive {
+		httpClient.Transport = cfg.Transport
+	}
+	if httpClient.Transport == nil {
+		var err error
+		if httpClient, err = api.NewHttpClient(conf.Transport, conf.TLSConfig); err != nil {
+			return nil, fmt.Errorf("consul TLS configuration: %w", err)
+		}
 	}
 	if tokens != nil {
 		conf.TokenFile, conf.Token = "", ""
@@ -542,16 +574,15 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
-	opts := d.queryOptions(ctx)
+	opts := d.listOptions(ctx)
 	opts.AllowStale = stale
 	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
 		return nil, 0, err
 	}
-	// Every Consul datacenter lists at least its servers' own "consul"
-	// service, so an empty list means the token may read none of it, or
-	// that a server answered which has not yet replayed its log.
-	if len(services) == 0 {
+	// An empty list means the token may read none of it, or that a server
+	// answered which has not yet replayed its log.
+	if d.emptyMeansACL(services, meta) {
 		if stale && meta.LastIndex < d.state.services {
 			return nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
 		}
@@ -560,6 +591,13 @@ func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uin
 	names := d.wantedNames(services)
 	sort.Strings(names)
 	return names, meta.LastIndex, nil
+}
+
+// emptyMeansACL reports whether a service list is empty because Consul hid
+// it from the token. Every datacenter lists at least its servers' own
+// "consul" service, unless a filter or node meta chose none.
+func (d *Discovery) emptyMeansACL(services map[string][]string, meta *api.QueryMeta) bool {
+	return len(services) == 0 && (meta.ResultsFilteredByACLs || d.cfg.CatalogFilter == "" && len(d.cfg.NodeMeta) == 0)
 }
 
 // wantedNames returns the services to discover from Consul's list, and
@@ -612,9 +650,8 @@ func (d *Discovery) wanted(name string, tags []string) bool {
 func (d *Discovery) serviceInstances(ctx context.Context, name string, stale bool) ([]*api.ServiceEntry, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
-	opts := d.queryOptions(ctx)
+	opts := d.serviceOptions(ctx)
 	opts.AllowStale = stale
-	opts.Filter = d.cfg.Filter
 	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
 	if err != nil {
 		return nil, 0, d.filterRejected(err)
@@ -645,6 +682,21 @@ func registeredAs(name string, entries []*api.ServiceEntry) []*api.ServiceEntry 
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
 	return (&api.QueryOptions{AllowStale: d.cfg.AllowStale}).WithContext(ctx)
+}
+
+// listOptions are those of the service list: the catalog filter and the
+// node meta select which services are discovered.
+func (d *Discovery) listOptions(ctx context.Context) *api.QueryOptions {
+	opts := d.queryOptions(ctx)
+	opts.Filter, opts.NodeMeta = d.cfg.CatalogFilter, d.cfg.NodeMeta
+	return opts
+}
+
+// serviceOptions are those of a service's instances query.
+func (d *Discovery) serviceOptions(ctx context.Context) *api.QueryOptions {
+	opts := d.queryOptions(ctx)
+	opts.Filter, opts.NodeMeta = d.cfg.Filter, d.cfg.NodeMeta
+	return opts
 }
 
 // roundGroup returns the group of a service's instances: the previous

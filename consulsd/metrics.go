@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/promreg"
 )
 
 // namespace prefixes every metric of this program.
@@ -118,15 +120,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter, reasonNoLeader} {
 		m.failures.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{
-		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration, m.blockingQueries,
-		m.lastContact, m.unknownLeader, m.behindAnswers, m.servicesNotFound,
-	} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
+	err := errors.Join(
+		promreg.Register(reg, &m.refreshDuration), promreg.Register(reg, &m.refreshes), promreg.Register(reg, &m.failures),
+		promreg.Register(reg, &m.lastSuccess), promreg.Register(reg, &m.services), promreg.Register(reg, &m.targets),
+		promreg.Register(reg, &m.requestDuration), promreg.Register(reg, &m.blockingQueries), promreg.Register(reg, &m.lastContact),
+		promreg.Register(reg, &m.unknownLeader), promreg.Register(reg, &m.behindAnswers), promreg.Register(reg, &m.servicesNotFound),
+	)
+	return m, err
 }
 
 // failureReason sorts an error from the Consul client into a reason label.

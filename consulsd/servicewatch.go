@@ -225,11 +225,11 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 	limiter := rate.NewLimiter(rate.Every(d.cfg.MinRoundInterval), 1)
 	for limiter.Wait(ctx) == nil {
 		rctx, cancel := context.WithTimeout(ctx, watchWait+watchWait/16+d.cfg.RequestTimeout)
-		opts := d.queryOptions(rctx)
+		opts := d.listOptions(rctx)
 		opts.WaitIndex, opts.WaitTime = index, watchWait
 		services, meta, err := d.watchClient.Catalog().Services(opts)
 		cancel()
-		if err == nil && len(services) == 0 {
+		if err == nil && d.emptyMeansACL(services, meta) {
 			err = errACLFiltered
 		}
 		if err != nil {
@@ -322,8 +322,7 @@ func (d *Discovery) watchService(ctx context.Context, name string, gen uint64, s
 			timeout += wait + wait/16
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		opts := d.queryOptions(rctx)
-		opts.Filter = d.cfg.Filter
+		opts := d.serviceOptions(rctx)
 		opts.WaitIndex, opts.WaitTime = index, wait
 		entries, meta, err := d.serviceWatchClient.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
 		cancel()

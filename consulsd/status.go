@@ -1,6 +1,7 @@
 package consulsd
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -40,4 +41,26 @@ func (r *statusRecorder) get() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.status
+}
+
+// Merge returns the status of several discoverers that write one output:
+// as fresh as the stalest, with every error, and the sums of what they found.
+func Merge(statuses ...Status) Status {
+	var m Status
+	var errs []string
+	for i, s := range statuses {
+		if s.LastAttempt.After(m.LastAttempt) {
+			m.LastAttempt = s.LastAttempt
+		}
+		if i == 0 || s.LastSuccess.Before(m.LastSuccess) {
+			m.LastSuccess = s.LastSuccess
+		}
+		if s.LastError != "" {
+			errs = append(errs, s.LastError)
+		}
+		m.Services += s.Services
+		m.Targets += s.Targets
+	}
+	m.LastError = strings.Join(errs, "; ")
+	return m
 }

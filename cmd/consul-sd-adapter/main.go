@@ -30,6 +30,7 @@ import (
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/adapter"
 	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
+	"github.com/consul-sd-adapter/consul-sd-adapter/sdconfig"
 )
 
 const (
@@ -120,10 +121,22 @@ func run(args []string) int {
 		Default(cfg.ServiceWait.String()).SetValue(durationValue("consul.service-wait", &cfg.ServiceWait))
 	app.Flag("consul.min-round-interval", "Least time between two refreshes woken by the watch, so a churning cluster cannot make the adapter spin.").
 		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
+	configFile := app.Flag("config.file", "Configuration file: discovery_configs entries, each an output file and Prometheus consul_sd_configs blocks. Replaces the discovery flags (--listen.address, --output.file, --consul.service, ...).").
+		String()
+	checkConfig := app.Flag("config.check", "Check --config.file and exit: 0 if it is valid, 2 with the error if not. Nothing is queried or written.").
+		Bool()
+	lifecycle := app.Flag("web.enable-lifecycle", "Enable reloading the configuration file via HTTP POST to /-/reload (SIGHUP always reloads).").
+		Bool()
 	webFlags := kingpinflag.AddFlags(app, defaultWebAddress)
 
 	if _, err := app.Parse(args); err != nil {
 		return usageError(err)
+	}
+	if *configFile == "" && (*checkConfig || *lifecycle) {
+		return usageError(errors.New("--config.check and --web.enable-lifecycle need --config.file"))
+	}
+	if given := givenFlags(app, args); *configFile != "" && len(given) > 0 {
+		return usageError(fmt.Errorf("--config.file and %s: the configuration file says what to discover and where to write; give one or the other", strings.Join(given, ", ")))
 	}
 	mode, err := strconv.ParseUint(*fileMode, 8, 32)
 	if err != nil {
@@ -136,9 +149,6 @@ func run(args []string) int {
 	}
 
 	logger, slogger := newLoggers(*logLevel, *logFormat)
-	if err := adapter.CheckWritable(*outputFile); err != nil {
-		return usageError(fmt.Errorf("--output.file: %w", err))
-	}
 	if cfg.MaxConcurrency < 1 {
 		return usageError(fmt.Errorf("--consul.max-concurrency must be at least 1, got %d", cfg.MaxConcurrency))
 	}
@@ -154,6 +164,34 @@ func run(args []string) int {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		versioncollector.NewCollector("consul_sd_adapter"),
 	)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *configFile != "" {
+		env := sdconfig.NewEnv(cfg, log.With(logger, "component", "consulsd"), reg)
+		c := newConfigDaemon(*configFile, os.FileMode(mode), env, logger, reg)
+		run, err := c.load()
+		switch {
+		case err != nil:
+			return usageError(fmt.Errorf("--config.file: %w", err))
+		case *checkConfig:
+			fmt.Printf("%s: SUCCESS: %d entries, %d consul_sd_configs blocks\n", *configFile, len(run.cfg.Entries), run.cfg.Blocks())
+			return 0
+		case *once:
+			c.current.Store(run)
+			return runConfigOnce(ctx, c, run)
+		}
+		level.Info(logger).Log("msg", "Starting "+programName, "version", version.Info(), "config_file", *configFile,
+			"entries", len(run.cfg.Entries), "blocks", run.cfg.Blocks())
+		runner, err := c.start(ctx, run, slogger.With("component", "discovery manager"))
+		if err != nil {
+			return usageError(err)
+		}
+		return serveUntilDone(ctx, stop, newWebHandler(reg, c.ready, c.handler(*lifecycle)), webFlags, logger, slogger, runner.Run)
+	}
+
+	if err := adapter.CheckWritable(*outputFile); err != nil {
+		return usageError(fmt.Errorf("--output.file: %w", err))
+	}
 	discoverer, err := consulsd.New(cfg, log.With(logger, "component", "consulsd"), reg)
 	if err != nil {
 		return usageError(flagOf(err, cfg))
@@ -167,20 +205,26 @@ func run(args []string) int {
 		return usageError(err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
 	if *once {
 		return runOnce(ctx, discoverer, writer, logger)
 	}
 
 	level.Info(logger).Log("msg", "Starting "+programName, "version", version.Info(), "output_file", *outputFile)
-	server := &http.Server{Handler: newWebHandler(reg, discoverer, writer, *outputFile), ReadHeaderTimeout: 10 * time.Second}
+	handler := newWebHandler(reg, writer.Ready, flagModeHandler(discoverer, writer, *outputFile))
+	return serveUntilDone(ctx, stop, handler, webFlags, logger, slogger, func(ctx context.Context) error {
+		return writer.Run(ctx, discoverer)
+	})
+}
+
+// serveUntilDone serves the web endpoints and runs work until ctx ends or
+// either fails, then shuts both down.
+func serveUntilDone(ctx context.Context, stop func(), handler http.Handler, webFlags *web.FlagConfig, logger log.Logger, slogger *slog.Logger, work func(context.Context) error) int {
+	server := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	webErr := make(chan error, 1)
 	go func() { webErr <- serveWeb(server, webFlags, slogger.With("component", "web")) }()
 
 	done := make(chan error, 1)
-	go func() { done <- writer.Run(ctx, discoverer) }()
+	go func() { done <- work(ctx) }()
 
 	code := 0
 	select {

@@ -98,15 +98,22 @@ func (p statusPage) Last() int { return p.First + len(p.Services) - 1 }
 // services (?page=N) and renders only those, so a request costs the same
 // at any catalog size.
 func statusHandler(d *consulsd.Discovery, a *adapter.Adapter, outputFile string) http.Handler {
+	return entryStatusHandler("/", d.Status, a, outputFile, httpSDPath)
+}
+
+// entryStatusHandler is the status page of one output at path, whose
+// discovery reports through status and whose targets http_sd serves at
+// sdPath.
+func entryStatusHandler(path string, status func() consulsd.Status, a *adapter.Adapter, outputFile, sdPath string) http.Handler {
 	var index atomic.Pointer[serviceIndex]
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/" {
+		if r.URL.Path != path {
 			http.NotFound(w, r)
 			return
 		}
 		page := statusPage{
-			Program: programName, Version: version.Version, Refresh: d.Status(),
-			OutputFile: outputFile, HTTPSDPath: httpSDPath, Page: 1,
+			Program: programName, Version: version.Version, Refresh: status(),
+			OutputFile: outputFile, HTTPSDPath: sdPath, Page: 1,
 		}
 		if p := r.URL.Query().Get("page"); p != "" {
 			n, err := strconv.Atoi(p)

@@ -17,8 +17,9 @@ import (
 // httpSDPath serves the targets for Prometheus's http_sd_configs.
 const httpSDPath = "/targets"
 
-// newWebHandler serves the operational endpoints.
-func newWebHandler(reg *prometheus.Registry, d *consulsd.Discovery, a *adapter.Adapter, outputFile string) http.Handler {
+// newWebHandler serves the operational endpoints, and the rest of the
+// paths from rest.
+func newWebHandler(reg *prometheus.Registry, ready func() bool, rest http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
@@ -27,13 +28,12 @@ func newWebHandler(reg *prometheus.Registry, d *consulsd.Discovery, a *adapter.A
 	// Ready once the file reflects a successful round: before that, a
 	// Prometheus reading it would see no targets or stale ones.
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.Ready() {
+		if !ready() {
 			http.Error(w, "Not ready: no successful refresh yet.", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("Ready.\n"))
 	})
-	mux.Handle(httpSDPath, a.HTTPSDHandler())
 	// Go's profiles, as Prometheus serves them: where the memory of a large
 	// catalog goes is otherwise guesswork.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -41,6 +41,15 @@ func newWebHandler(reg *prometheus.Registry, d *consulsd.Discovery, a *adapter.A
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", rest)
+	return mux
+}
+
+// flagModeHandler serves the targets and the status page of the output the
+// flags describe.
+func flagModeHandler(d *consulsd.Discovery, a *adapter.Adapter, outputFile string) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(httpSDPath, a.HTTPSDHandler())
 	mux.Handle("/", statusHandler(d, a, outputFile))
 	return mux
 }
