@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/prometheus/prometheus/discovery/consul"
@@ -60,7 +61,9 @@ func Load(path string) (*Config, error) {
 func Parse(data []byte, dir string) (*Config, error) {
 	cfg := &Config{}
 	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
-		return nil, err
+		// The YAML parser puts each error on a line of its own: one line
+		// reads better in a log and after "error:".
+		return nil, errors.New(strings.Join(strings.Fields(err.Error()), " "))
 	}
 	if len(cfg.Entries) == 0 {
 		return nil, errors.New("no discovery_configs: nothing to discover")
