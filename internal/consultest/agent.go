@@ -200,7 +200,7 @@ func (a *Agent) args() []string {
 	case "server":
 		// A real server: raft on disk, elections with production timing
 		// (raft_multiplier 1), no UI.
-		args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(clusterServers),
+		args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(a.cfg.servers),
 			"-hcl=performance { raft_multiplier = 1 }")
 	}
 	for _, j := range a.cfg.join {

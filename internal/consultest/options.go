@@ -14,6 +14,9 @@ type config struct {
 	role  string
 	join  []string
 	extra []string // more -hcl fragments
+	// servers is how many servers a "server" waits for before the first
+	// election (-bootstrap-expect): its datacenter's size.
+	servers int
 }
 
 type tlsFiles struct {
