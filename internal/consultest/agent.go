@@ -34,8 +34,9 @@ const (
 // pid separates test binaries running in parallel (go test ./...).
 var nodeSeq atomic.Int64
 
-// Agent is a running `consul agent -dev` serving one single-server
-// datacenter (dc1) on loopback. Its state lives in memory only.
+// Agent is a Consul agent running on loopback. Start's is a `consul agent
+// -dev` serving one single-server datacenter (dc1) whose state lives in
+// memory only; the agents of a Cluster or a Federation keep theirs on disk.
 type Agent struct {
 	// Addr is the host:port of the HTTP API (of the HTTPS API with
 	// WithTLS). It is unchanged by Restart.
@@ -46,6 +47,8 @@ type Agent struct {
 	Client *api.Client
 	// Node is the agent's own node name, unique per agent.
 	Node string
+	// Datacenter is the agent's datacenter: dc1 but in a Federation.
+	Datacenter string
 
 	bin       string
 	cfg       config
@@ -134,7 +137,7 @@ func Launch(bin, dir string, opts ...Option) (*Agent, error) {
 // newAgent prepares an agent that keeps its log and data in dir, with a
 // node name unique among this process's agents.
 func newAgent(bin, dir string, opts ...Option) *Agent {
-	a := &Agent{bin: bin, dir: dir, Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1))}
+	a := &Agent{bin: bin, dir: dir, Node: fmt.Sprintf("consultest-%d-%d", os.Getpid(), nodeSeq.Add(1)), Datacenter: "dc1"}
 	a.logPath = filepath.Join(dir, "consul.log")
 	for _, o := range opts {
 		o(&a.cfg)
@@ -200,13 +203,17 @@ func (a *Agent) args() []string {
 	case "server":
 		// A real server: raft on disk, elections with production timing
 		// (raft_multiplier 1), no UI.
-		args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(clusterServers),
+		args = append(args, "-server", "-bootstrap-expect="+strconv.Itoa(a.cfg.servers),
 			"-hcl=performance { raft_multiplier = 1 }")
 	}
 	for _, j := range a.cfg.join {
 		args = append(args, "-retry-join="+j, "-retry-interval=1s")
 	}
+	for _, j := range a.cfg.joinWAN {
+		args = append(args, "-retry-join-wan="+j, "-retry-interval-wan=1s")
+	}
 	args = append(args,
+		"-datacenter="+a.Datacenter,
 		"-node="+a.Node,
 		"-bind=127.0.0.1",
 		"-client=127.0.0.1",

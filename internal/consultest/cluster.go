@@ -33,19 +33,26 @@ func StartCluster(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
 	c, err := LaunchCluster(Binary(t), t.TempDir(), opts...)
 	if c != nil {
-		t.Cleanup(func() {
-			for _, a := range c.agents() {
-				a.Stop()
-				if t.Failed() {
-					t.Logf("%s log tail (%s):\n%s", a.Node, a.logPath, a.logTail(15))
-				}
-			}
-		})
+		stopAtEnd(t, c.agents())
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// stopAtEnd stops the agents when the test ends and, if it failed, shows
+// the tail of each one's log.
+func stopAtEnd(t testing.TB, agents []*Agent) {
+	// Registered after t.TempDir, so it runs before the logs are deleted.
+	t.Cleanup(func() {
+		for _, a := range agents {
+			a.Stop()
+			if t.Failed() {
+				t.Logf("%s log tail (%s):\n%s", a.Node, a.logPath, a.logTail(15))
+			}
+		}
+	})
 }
 
 // LaunchCluster is StartCluster for programs that are not tests (make
@@ -58,7 +65,7 @@ func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
 		if err != nil {
 			return nil, err
 		}
-		a.cfg.role = "server"
+		a.cfg.role, a.cfg.servers = "server", clusterServers
 		c.Servers = append(c.Servers, a)
 		join = append(join, net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfLAN)))
 	}
@@ -70,18 +77,33 @@ func LaunchCluster(bin, dir string, opts ...Option) (*Cluster, error) {
 	c.Client = client
 	for _, a := range c.agents() {
 		a.cfg.join = join
+	}
+	return c, launchAll(c.agents())
+}
+
+// launchAll starts every agent before waiting for any: each one's
+// readiness may hang on the others (a server alone elects no leader). On
+// failure it stops them all.
+func launchAll(agents []*Agent) error {
+	for _, a := range agents {
 		if _, err := a.launch(); err != nil {
-			c.Stop()
-			return nil, err
+			stopAll(agents)
+			return err
 		}
 	}
-	for _, a := range c.agents() {
+	for _, a := range agents {
 		if err := a.waitReady(); err != nil {
-			c.Stop()
-			return c, fmt.Errorf("cluster agent %s: %w\nlog tail (%s):\n%s", a.Node, err, a.logPath, a.logTail(30))
+			stopAll(agents)
+			return fmt.Errorf("agent %s: %w\nlog tail (%s):\n%s", a.Node, err, a.logPath, a.logTail(30))
 		}
 	}
-	return c, nil
+	return nil
+}
+
+func stopAll(agents []*Agent) {
+	for _, a := range agents {
+		a.Stop()
+	}
 }
 
 // clusterAgent prepares an agent of the cluster in its own directory,
@@ -97,11 +119,7 @@ func clusterAgent(bin, dir string, opts ...Option) (*Agent, error) {
 func (c *Cluster) agents() []*Agent { return append(append([]*Agent{}, c.Servers...), c.Client) }
 
 // Stop stops every agent of the cluster.
-func (c *Cluster) Stop() {
-	for _, a := range c.agents() {
-		a.Stop()
-	}
-}
+func (c *Cluster) Stop() { stopAll(c.agents()) }
 
 // Leader returns the server that leads now, as the running servers see it;
 // it waits up to a start timeout for an election to end.

@@ -8,4 +8,7 @@
 // A single dev agent can stand in for a whole cluster: RegisterInstance writes
 // through the catalog API, so any number of fake nodes with their own
 // metadata, addresses and health can be created without running more agents.
+// What one agent cannot stand in for takes several: StartCluster runs a
+// datacenter as it is deployed (three servers and a client agent),
+// StartFederation two datacenters federated over the WAN.
 package consultest

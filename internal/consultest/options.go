@@ -10,10 +10,15 @@ type config struct {
 	tls      *tlsFiles
 	httpsToo bool // serve HTTPS next to plain HTTP rather than instead
 	// role is "" for a dev agent, else "server" or "client" of a cluster;
-	// join lists the serf LAN addresses of the cluster's servers.
-	role  string
-	join  []string
-	extra []string // more -hcl fragments
+	// join lists the serf LAN addresses of the cluster's servers, joinWAN
+	// the serf WAN addresses of other datacenters' servers.
+	role    string
+	join    []string
+	joinWAN []string
+	extra   []string // more -hcl fragments
+	// servers is how many servers a "server" waits for before the first
+	// election (-bootstrap-expect): its datacenter's size.
+	servers int
 }
 
 type tlsFiles struct {
