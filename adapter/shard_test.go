@@ -218,24 +218,7 @@ func TestParseShard(t *testing.T) {
 			t.Errorf("ParseShard(%q) = %+v, %v; want %+v", tc.query, got, err, tc.want)
 		}
 	}
-	for _, tc := range []struct{ query, param string }{
-		{"shards=3", "shards"},
-		{"shard=1", "shard"},
-		{"shards=&shard=0", "shards"},
-		{"shards=three&shard=0", "shards"},
-		{"shards=3.0&shard=0", "shards"},
-		{"shards=0&shard=0", "shards"},
-		{"shards=-2&shard=0", "shards"},
-		{"shards=99999999999999999999&shard=0", "shards"},
-		{"shards=3&shard=", "shard"},
-		{"shards=3&shard=1x", "shard"},
-		{"shards=3&shard=-1", "shard"},
-		{"shards=3&shard=3", "shard"},
-		{"shards=3&shard=7", "shard"},
-		{"shards=3&shard=0&shard=1", "shard"},
-		{"shards=3&shards=4&shard=1", "shards"},
-		{"shards=3&shard=%0A1", "shard"},
-	} {
+	for _, tc := range badShardQueries {
 		got, err := ParseShard(query(t, tc.query))
 		if err == nil {
 			t.Errorf("ParseShard(%q) = %+v, want an error", tc.query, got)
@@ -243,6 +226,27 @@ func TestParseShard(t *testing.T) {
 		}
 		checkParamError(t, tc.query, err.Error(), tc.param)
 	}
+}
+
+// badShardQueries are queries ParseShard refuses, each with the parameter
+// its error must name.
+var badShardQueries = []struct{ query, param string }{
+	{"shards=3", "shards"},
+	{"shard=1", "shard"},
+	{"shards=&shard=0", "shards"},
+	{"shards=three&shard=0", "shards"},
+	{"shards=3.0&shard=0", "shards"},
+	{"shards=0&shard=0", "shards"},
+	{"shards=-2&shard=0", "shards"},
+	{"shards=99999999999999999999&shard=0", "shards"},
+	{"shards=3&shard=", "shard"},
+	{"shards=3&shard=1x", "shard"},
+	{"shards=3&shard=-1", "shard"},
+	{"shards=3&shard=3", "shard"},
+	{"shards=3&shard=7", "shard"},
+	{"shards=3&shard=0&shard=1", "shard"},
+	{"shards=3&shards=4&shard=1", "shards"},
+	{"shards=3&shard=%0A1", "shard"},
 }
 
 // checkParamError asserts that msg is one line starting with the name of
