@@ -237,7 +237,7 @@ echo "Targets as Prometheus sees them (web-1 and web-2 listen nowhere, so they a
 echo "${summary:-  (Prometheus did not answer)}"
 echo
 echo "  Prometheus  $prom_targets"
-echo "  adapter     http://$adapter_addr/  (status page; also /metrics and /targets for http_sd)"
+echo "  adapter     http://$adapter_addr/  (status page; also /metrics, and /targets for http_sd, /targets?shards=N&shard=K for one hashmod shard)"
 echo "  Consul      http://$consul_addr/ui"
 echo "  logs        $demo/consul.log $demo/adapter.log $demo/prometheus.log"
 echo

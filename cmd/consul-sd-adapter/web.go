@@ -14,7 +14,8 @@ import (
 	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
 )
 
-// httpSDPath serves the targets for Prometheus's http_sd_configs.
+// httpSDPath serves the targets for Prometheus's http_sd_configs: all of
+// them, or with ?shards=N&shard=K those of one hashmod shard.
 const httpSDPath = "/targets"
 
 // newWebHandler serves the operational endpoints, and the rest of the

@@ -263,9 +263,9 @@ type promTargets struct {
 	source      string // the file or URL
 }
 
-// activeTargets returns Prometheus's active targets that came from the
-// source.
-func (s *promTargets) activeTargets(t *testing.T) []target {
+// activeTargets returns every active target of Prometheus p, of all its
+// scrape pools.
+func (p *process) activeTargets(t *testing.T) []target {
 	t.Helper()
 	var resp struct {
 		Status string `json:"status"`
@@ -273,12 +273,19 @@ func (s *promTargets) activeTargets(t *testing.T) []target {
 			ActiveTargets []target `json:"activeTargets"`
 		} `json:"data"`
 	}
-	body := s.prom.get(t, "/api/v1/targets?state=active")
+	body := p.get(t, "/api/v1/targets?state=active")
 	if err := json.Unmarshal(body, &resp); err != nil || resp.Status != "success" {
-		t.Fatalf("prometheus /api/v1/targets: %v\n%s", err, body)
+		t.Fatalf("%s /api/v1/targets: %v\n%s", p.name, err, body)
 	}
+	return resp.Data.ActiveTargets
+}
+
+// activeTargets returns Prometheus's active targets that came from the
+// source.
+func (s *promTargets) activeTargets(t *testing.T) []target {
+	t.Helper()
 	var targets []target
-	for _, tg := range resp.Data.ActiveTargets {
+	for _, tg := range s.prom.activeTargets(t) {
 		if tg.DiscoveredLabels[s.sourceLabel] == s.source {
 			targets = append(targets, tg)
 		}

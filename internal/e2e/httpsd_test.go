@@ -292,7 +292,6 @@ func checkGroups(t *testing.T, groups []*targetgroup.Group, want []consultest.In
 // basic auth if creds is set): the same job and relabeling, another source.
 func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *promTargets {
 	t.Helper()
-	dir := t.TempDir()
 	raw, err := os.ReadFile(filepath.Join(repoRoot(t), "prometheus.yml"))
 	if err != nil {
 		t.Fatal(err)
@@ -309,9 +308,7 @@ func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *promTa
 			continue
 		}
 		delete(sc, "file_sd_configs")
-		// Prometheus has no lower bound on refresh_interval; its default
-		// of 60s would make the test wait minutes.
-		httpSD := map[string]any{"url": url, "refresh_interval": "5s"}
+		httpSD := httpSDConfig(url)
 		if creds != nil {
 			httpSD["basic_auth"] = map[string]any{"username": creds.user, "password": creds.password}
 		}
@@ -321,12 +318,27 @@ func startHTTPSDPrometheus(t *testing.T, url string, creds *credentials) *promTa
 	if replaced != 1 {
 		t.Fatalf("prometheus.yml has %d scrape configs with file_sd_configs, want 1", replaced)
 	}
+	return &promTargets{prom: startPrometheusWith(t, cfg), sourceLabel: "__meta_url", source: url}
+}
+
+// httpSDConfig is an http_sd_configs entry fetching url.
+func httpSDConfig(url string) map[string]any {
+	// Prometheus has no lower bound on refresh_interval; its default of
+	// 60s would make the test wait minutes.
+	return map[string]any{"url": url, "refresh_interval": "5s"}
+}
+
+// startPrometheusWith runs Prometheus on cfg, written as its prometheus.yml
+// into a fresh directory.
+func startPrometheusWith(t *testing.T, cfg map[string]any) *process {
+	t.Helper()
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &promTargets{prom: startPrometheus(t, dir), sourceLabel: "__meta_url", source: url}
+	return startPrometheus(t, dir)
 }
