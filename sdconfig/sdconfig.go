@@ -33,8 +33,8 @@ type Config struct {
 // Entry is one output: the file its targets are written to, and the blocks
 // that discover them. Blocks for different datacenters merge into the file.
 type Entry struct {
-	Name   string            `yaml:"name"`
-	File   string            `yaml:"file"`
+	Name   string             `yaml:"name"`
+	File   string             `yaml:"file"`
 	Blocks []*consul.SDConfig `yaml:"consul_sd_configs"`
 }
 
