@@ -1,7 +1,8 @@
 package parity
 
 import (
-	"reflect"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/prometheus/discovery/consul"
@@ -40,43 +41,26 @@ func withServer(t *testing.T, block, addr string) string {
 	return string(out)
 }
 
-// adapterArgs returns the arguments that make the adapter discover what
-// block, a whole consul_sd_configs entry, selects. The adapter takes only
-// flags so far; once it reads the entry itself, this is the one function
-// to replace (write block to a file, return --config.file).
-//
-// Every field is mapped with Prometheus's defaults applied, so that a
-// default the adapter does not share shows as a difference. A field with
-// no flag fails the test: compared with it ignored, the adapter would be
-// held to a selection it was never given.
-func adapterArgs(t *testing.T, block string) []string {
+// adapterConfig writes the adapter's configuration file for block, a
+// whole consul_sd_configs entry, next to out, the file to write, and
+// returns its path. The block goes in as it is: the adapter parses the
+// same text Prometheus parsed.
+func adapterConfig(t *testing.T, block, out string) string {
 	t.Helper()
-	conf := parseEntry(t, block)
-	args := []string{"--listen.address=" + conf.Server, "--consul.tag-separator=" + conf.TagSeparator}
-	if conf.AllowStale {
-		args = append(args, "--consul.allow-stale")
-	} else {
-		args = append(args, "--no-consul.allow-stale")
+	var entry yaml.MapSlice
+	if err := yaml.Unmarshal([]byte(block), &entry); err != nil {
+		t.Fatalf("consul_sd_configs entry %q: %v", block, err)
 	}
-	for _, s := range conf.Services {
-		args = append(args, "--consul.service="+s)
+	cfg := yaml.MapSlice{{Key: "discovery_configs", Value: []yaml.MapSlice{{
+		{Key: "name", Value: "parity"}, {Key: "file", Value: out}, {Key: "consul_sd_configs", Value: []yaml.MapSlice{entry}},
+	}}}}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tag := range conf.ServiceTags {
-		args = append(args, "--consul.tag="+tag)
+	path := filepath.Join(filepath.Dir(out), "adapter.yml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	// Both apply to each service's /v1/health/service query.
-	if conf.HealthFilter != "" {
-		args = append(args, "--consul.filter="+conf.HealthFilter)
-	}
-	if conf.Datacenter != "" {
-		args = append(args, "--consul.datacenter="+conf.Datacenter)
-	}
-
-	rest, def := conf, consul.DefaultSDConfig
-	rest.Server, rest.TagSeparator, rest.AllowStale = def.Server, def.TagSeparator, def.AllowStale
-	rest.Services, rest.ServiceTags, rest.HealthFilter, rest.Datacenter = nil, nil, "", ""
-	if !reflect.DeepEqual(rest, def) {
-		t.Fatalf("consul_sd_configs entry %q sets fields the adapter has no flag for", block)
-	}
-	return args
+	return path
 }

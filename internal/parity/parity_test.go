@@ -46,6 +46,12 @@ var cases = []struct {
 	{"tag separator", `tag_separator: ";"`, 9},
 	{"no stale reads", `allow_stale: false`, 9},
 	{"datacenter", `datacenter: dc1`, 9},
+	{"node meta", `node_meta: {rack-id: r2}`, 3},
+	// Prometheus's filter chooses services with a matching instance, and
+	// then lists every instance of them: web's four, not its canary alone.
+	{"catalog filter", `filter: 'ServiceTags contains "canary"'`, 4},
+	{"catalog and health filters", "filter: 'ServiceTags contains \"primary\"'\nhealth_filter: 'Service.Tags contains \"replica\"'", 1},
+	{"node meta and tags", "node_meta: {zone: z1}\ntags: [prod]", 2},
 	// Prometheus finds web's instances, Consul's lookup ignoring case, and
 	// lists them as "WEB"; the adapter lists instances under their
 	// registered names only, and "web" is not allowed: a documented
@@ -93,7 +99,7 @@ func TestParity(t *testing.T) {
 func runAdapter(ctx context.Context, t *testing.T, block string) []model.LabelSet {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "targets.json")
-	args := append([]string{"--once", "--output.file=" + out}, adapterArgs(t, block)...)
+	args := []string{"--once", "--config.file=" + adapterConfig(t, block, out)}
 	if b, err := adapterproc.Command(ctx, adapterBin, args...).CombinedOutput(); err != nil {
 		t.Fatalf("consul-sd-adapter %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
