@@ -259,6 +259,27 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	return d, nil
 }
 
+// Datacenters lists the datacenters the agent knows of
+// (/v1/catalog/datacenters), through cfg's transport when it has one.
+func Datacenters(cfg Config) ([]string, error) {
+	conf := clientConfig(cfg)
+	httpClient := &http.Client{Transport: cfg.Transport}
+	if cfg.Transport == nil {
+		var err error
+		if httpClient, err = api.NewHttpClient(conf.Transport, conf.TLSConfig); err != nil {
+			return nil, err
+		}
+	}
+	// The call takes no context: the client's timeout bounds it.
+	httpClient.Timeout = cfg.RequestTimeout
+	conf.HttpClient = httpClient
+	client, err := api.NewClient(conf)
+	if err != nil {
+		return nil, err
+	}
+	return client.Catalog().Datacenters()
+}
+
 // clientConfig returns the Consul client configuration: the environment
 // first, the flags on top.
 func clientConfig(cfg Config) *api.Config {

@@ -1,6 +1,7 @@
 package sdconfig
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"strconv"
@@ -10,10 +11,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/discovery"
 	"github.com/prometheus/prometheus/discovery/consul"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/adapter"
 	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
 )
+
+// AllDatacenters as a block's datacenter discovers every datacenter the
+// agent knows, each on its own.
+const AllDatacenters = "*"
 
 // Env is what every block's discoverer in the process shares: the
 // settings of the flags, the logger, the registry, the transports. There
@@ -26,7 +32,7 @@ type Env struct {
 
 	transports Transports
 	mu         sync.Mutex
-	running    map[BlockKey]*consulsd.Discovery
+	running    map[runKey]*consulsd.Discovery
 }
 
 // BlockKey names a block by its entry and its place in the entry.
@@ -35,9 +41,16 @@ type BlockKey struct {
 	Index int
 }
 
+// runKey names a running discoverer: a block's, or for a block of every
+// datacenter, that of one datacenter.
+type runKey struct {
+	BlockKey
+	datacenter string
+}
+
 // NewEnv returns an Env.
 func NewEnv(base consulsd.Config, logger log.Logger, reg prometheus.Registerer) *Env {
-	return &Env{Base: base, Logger: logger, Registerer: reg, running: map[BlockKey]*consulsd.Discovery{}}
+	return &Env{Base: base, Logger: logger, Registerer: reg, running: map[runKey]*consulsd.Discovery{}}
 }
 
 // Sets returns the discovery configs of every entry, by entry name, for
@@ -52,7 +65,7 @@ func (env *Env) Sets(cfg *Config) map[string]discovery.Configs {
 		}
 	}
 	env.mu.Lock()
-	maps.DeleteFunc(env.running, func(k BlockKey, _ *consulsd.Discovery) bool { return !keys[k] })
+	maps.DeleteFunc(env.running, func(k runKey, _ *consulsd.Discovery) bool { return !keys[k.BlockKey] })
 	env.mu.Unlock()
 	return sets
 }
@@ -63,7 +76,7 @@ func (env *Env) Sets(cfg *Config) map[string]discovery.Configs {
 func (env *Env) Check(cfg *Config) error {
 	for _, e := range cfg.Entries {
 		for i, b := range e.Blocks {
-			if _, err := env.newDiscovery(BlockKey{e.Name, i}, b, prometheus.NewRegistry()); err != nil {
+			if _, err := env.newDiscovery(runKey{BlockKey: BlockKey{e.Name, i}}, b, prometheus.NewRegistry()); err != nil {
 				return err
 			}
 		}
@@ -71,32 +84,104 @@ func (env *Env) Check(cfg *Config) error {
 	return nil
 }
 
-// New returns the Discovery of one block, its metrics registered with
-// labels naming the block, and without the Manager (for --once).
-func (env *Env) New(key BlockKey, b *consul.SDConfig) (*consulsd.Discovery, error) {
-	return env.newDiscovery(key, b, env.blockRegisterer(key))
+// Once runs one round of a block and returns its targets (for --once).
+// A block of every datacenter runs one round in each.
+func (env *Env) Once(ctx context.Context, key BlockKey, b *consul.SDConfig) ([]*targetgroup.Group, error) {
+	dcs := []string{""}
+	if b.Datacenter == AllDatacenters {
+		var err error
+		if dcs, err = env.datacenters(key, b); err != nil {
+			return nil, err
+		}
+	}
+	var all []*targetgroup.Group
+	for _, dc := range dcs {
+		d, err := env.start(runKey{key, dc}, b)
+		if err != nil {
+			return nil, err
+		}
+		groups, err := d.Refresh(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("consul_sd_configs[%d]%s: %w", key.Index, inDatacenter(dc), err)
+		}
+		all = append(all, withDatacenter(dc, groups)...)
+	}
+	return all, nil
 }
 
-func (env *Env) blockRegisterer(key BlockKey) prometheus.Registerer {
-	return prometheus.WrapRegistererWith(prometheus.Labels{"entry": key.Entry, "block": strconv.Itoa(key.Index)}, env.Registerer)
+// datacenters lists the datacenters the block's agent knows of.
+func (env *Env) datacenters(key BlockKey, b *consul.SDConfig) ([]string, error) {
+	cfg, err := env.discoveryConfig(runKey{BlockKey: key}, b)
+	if err != nil {
+		return nil, err
+	}
+	dcs, err := consulsd.Datacenters(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("discovery_configs %q, consul_sd_configs[%d]: listing datacenters: %w", key.Entry, key.Index, err)
+	}
+	return dcs, nil
 }
 
-func (env *Env) newDiscovery(key BlockKey, b *consul.SDConfig, reg prometheus.Registerer) (*consulsd.Discovery, error) {
+// start returns the Discovery of a block (or of one of its datacenters),
+// its metrics registered with labels naming the block, and records it as
+// running.
+func (env *Env) start(key runKey, b *consul.SDConfig) (*consulsd.Discovery, error) {
+	block := strconv.Itoa(key.Index)
+	if key.datacenter != "" {
+		block += "/" + key.datacenter
+	}
+	reg := prometheus.WrapRegistererWith(prometheus.Labels{"entry": key.Entry, "block": block}, env.Registerer)
+	d, err := env.newDiscovery(key, b, reg)
+	if err != nil {
+		return nil, err
+	}
+	env.mu.Lock()
+	env.running[key] = d
+	env.mu.Unlock()
+	return d, nil
+}
+
+// stop forgets a datacenter's discoverer.
+func (env *Env) stop(key runKey) {
+	env.mu.Lock()
+	delete(env.running, key)
+	env.mu.Unlock()
+}
+
+func (env *Env) discoveryConfig(key runKey, b *consul.SDConfig) (consulsd.Config, error) {
 	cfg, err := DiscoveryConfig(b, env.Base, &env.transports)
+	if cfg.Datacenter == AllDatacenters {
+		cfg.Datacenter = key.datacenter // "" until listed: the agent's own
+	}
+	return cfg, err
+}
+
+func (env *Env) newDiscovery(key runKey, b *consul.SDConfig, reg prometheus.Registerer) (*consulsd.Discovery, error) {
+	cfg, err := env.discoveryConfig(key, b)
 	if err == nil {
 		var d *consulsd.Discovery
-		if d, err = consulsd.New(cfg, log.With(env.Logger, "entry", key.Entry, "block", key.Index), reg); err == nil {
+		logger := log.With(env.Logger, "entry", key.Entry, "block", key.Index)
+		if key.datacenter != "" {
+			logger = log.With(logger, "datacenter", key.datacenter)
+		}
+		if d, err = consulsd.New(cfg, logger, reg); err == nil {
 			return d, nil
 		}
 	}
 	return nil, fmt.Errorf("discovery_configs %q, consul_sd_configs[%d]: %w", key.Entry, key.Index, err)
 }
 
-// Running returns the discoverers the Manager runs, by block.
-func (env *Env) Running() map[BlockKey]*consulsd.Discovery {
+// Statuses returns the status of every running discoverer of an entry.
+func (env *Env) Statuses(entry string) []consulsd.Status {
 	env.mu.Lock()
 	defer env.mu.Unlock()
-	return maps.Clone(env.running)
+	var statuses []consulsd.Status
+	for k, d := range env.running {
+		if k.Entry == entry {
+			statuses = append(statuses, d.Status())
+		}
+	}
+	return statuses
 }
 
 // blockConfig is a block as a discovery config. Two are deeply equal when
@@ -110,14 +195,10 @@ type blockConfig struct {
 func (*blockConfig) Name() string { return "consul_sd_adapter" }
 
 func (c *blockConfig) NewDiscoverer(discovery.DiscovererOptions) (discovery.Discoverer, error) {
-	d, err := c.env.New(c.key, c.block)
-	if err != nil {
-		return nil, err
+	if c.block.Datacenter == AllDatacenters {
+		return &datacenters{env: c.env, key: c.key, block: c.block}, nil
 	}
-	c.env.mu.Lock()
-	c.env.running[c.key] = d
-	c.env.mu.Unlock()
-	return d, nil
+	return c.env.start(runKey{BlockKey: c.key}, c.block)
 }
 
 func (*blockConfig) NewDiscovererMetrics(prometheus.Registerer, discovery.RefreshMetricsInstantiator) discovery.DiscovererMetrics {

@@ -161,15 +161,9 @@ func (c *configDaemon) ready() bool {
 	return true
 }
 
-// status merges the status of an entry's blocks.
+// status merges the status of an entry's discoverers.
 func (c *configDaemon) status(entry string) consulsd.Status {
-	var statuses []consulsd.Status
-	for key, d := range c.env.Running() {
-		if key.Entry == entry {
-			statuses = append(statuses, d.Status())
-		}
-	}
-	return consulsd.Merge(statuses...)
+	return consulsd.Merge(c.env.Statuses(entry)...)
 }
 
 // runConfigOnce runs one round of every block and writes each entry whose
@@ -180,13 +174,8 @@ func runConfigOnce(ctx context.Context, c *configDaemon, run *configRun) int {
 		var groups []*targetgroup.Group
 		var err error
 		for i, b := range e.Blocks {
-			var d *consulsd.Discovery
-			if d, err = c.env.New(sdconfig.BlockKey{Entry: e.Name, Index: i}, b); err != nil {
-				break
-			}
 			var g []*targetgroup.Group
-			if g, err = d.Refresh(ctx); err != nil {
-				err = fmt.Errorf("consul_sd_configs[%d]: %w", i, err)
+			if g, err = c.env.Once(ctx, sdconfig.BlockKey{Entry: e.Name, Index: i}, b); err != nil {
 				break
 			}
 			groups = append(groups, g...)
