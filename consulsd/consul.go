@@ -101,6 +101,10 @@ type Config struct {
 	// PathPrefix, Namespace and Partition are as in Consul's API client;
 	// namespaces and partitions need Consul Enterprise.
 	PathPrefix, Namespace, Partition string
+	// InFlight, when set, bounds the requests in flight (blocking queries
+	// left out) over every Discovery that shares it; nil gives each its
+	// own, of MaxConcurrency.
+	InFlight InFlight
 	// Transport and WatchTransport, when set, carry every request, and the
 	// TLS fields above are ignored: they come from a configuration file's
 	// HTTP client settings (TLS, authorization, proxy, headers), shared by
@@ -207,6 +211,9 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	conf := clientConfig(cfg)
 	if err := checkAddress(conf); err != nil {
 		return nil, err
+	}
+	if cfg.InFlight == nil {
+		cfg.InFlight = NewInFlight(cfg.MaxConcurrency)
 	}
 	https := usesHTTPS(conf)
 	switch cfg.WatchMode {
@@ -371,7 +378,7 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 		conf.TokenFile, conf.Token = "", ""
 		httpClient.Transport = &tokenTransport{next: httpClient.Transport, tokens: tokens}
 	}
-	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, metrics: m}
+	httpClient.Transport = &instrumentedTransport{next: &limitTransport{next: httpClient.Transport, slots: cfg.InFlight}, metrics: m}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)

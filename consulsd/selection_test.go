@@ -1,9 +1,14 @@
 package consulsd_test
 
 import (
+	"context"
+	"fmt"
+	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,4 +105,60 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// concurrencyCounter is a transport that records the most requests it
+// carried at once; each takes a little while, so that rounds overlap.
+type concurrencyCounter struct {
+	mu        sync.Mutex
+	now, peak int
+	next      http.RoundTripper
+}
+
+func (c *concurrencyCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.now++
+	c.peak = max(c.peak, c.now)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.now--
+		c.mu.Unlock()
+	}()
+	time.Sleep(10 * time.Millisecond)
+	return c.next.RoundTrip(req)
+}
+
+// TestInFlightSharedByDiscoveries: two Discoveries sharing one InFlight
+// of 3 never have more than 3 requests in flight together, though each
+// may have 3 of its own.
+func TestInFlightSharedByDiscoveries(t *testing.T) {
+	agent := consultest.Start(t)
+	for i := range 12 {
+		agent.RegisterInstance(t, consultest.Instance{Node: fmt.Sprintf("n%d", i), Service: fmt.Sprintf("s%d", i), Port: 80})
+	}
+	counter := &concurrencyCounter{next: http.DefaultTransport}
+	shared := consulsd.NewInFlight(3)
+	var ds []*consulsd.Discovery
+	for range 2 {
+		d, _ := newDiscovery(t, agent.Addr, func(c *consulsd.Config) {
+			c.MaxConcurrency, c.InFlight, c.Transport, c.WatchTransport = 3, shared, counter, counter
+		})
+		ds = append(ds, d)
+	}
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Go(func() {
+			if _, err := d.Refresh(context.Background()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if counter.peak > 3 {
+		t.Errorf("%d requests in flight at once over two Discoveries sharing a bound of 3", counter.peak)
+	}
+	if counter.peak < 2 {
+		t.Errorf("at most %d request in flight: the rounds did not overlap, so the bound was not tested", counter.peak)
+	}
 }

@@ -48,8 +48,10 @@ type runKey struct {
 	datacenter string
 }
 
-// NewEnv returns an Env.
+// NewEnv returns an Env. Every block takes its requests in flight from one
+// bound of base.MaxConcurrency.
 func NewEnv(base consulsd.Config, logger log.Logger, reg prometheus.Registerer) *Env {
+	base.InFlight = consulsd.NewInFlight(base.MaxConcurrency)
 	return &Env{Base: base, Logger: logger, Registerer: reg, running: map[runKey]*consulsd.Discovery{}}
 }
 
