@@ -82,48 +82,40 @@ func (r *Runner) Apply(outputs map[string]*Adapter, sets map[string]discovery.Co
 	r.mgr.ApplyConfig(tracked) //nolint:errcheck // it never fails; a discoverer that cannot start is logged and counted by the Manager
 }
 
-// firstTargets follows a discoverer from its start until its first
-// targets are in an update of the Manager.
+// firstTargets follows a discoverer from its start until its targets
+// are in an update of the Manager. Every group it sends until then is
+// recorded: the Manager stores the groups its providers send, so an
+// update holding any of them holds the discoverer's targets, even when it
+// has sent again since (a churning catalog replaces groups at once).
 type firstTargets struct {
 	started time.Time
-	first   []*targetgroup.Group // nil until it sent
-	in      bool                 // seen in an update
+	sent    map[*targetgroup.Group]struct{}
+	in      bool // seen in an update, or sent none: nothing to wait for
 }
 
 // held reports whether a set waits for the first targets of one of its
 // discoverers to reach the update in groups, for at most holdLimit. Called
 // with r.mu held.
 func (r *Runner) held(set string, groups []*targetgroup.Group, now time.Time) bool {
-	var present map[*targetgroup.Group]struct{}
+	held := false
 	for i := range r.sizes[set] {
 		f := r.discoverers[discovererKey{set, i}]
-		switch {
-		case f == nil: // the Manager could not create it: logged there
+		if f == nil { // the Manager could not create it: logged there
 			continue
-		case f.in:
+		}
+		for _, g := range groups {
+			if f.in {
+				break
+			}
+			_, f.in = f.sent[g]
+		}
+		if f.in {
+			f.sent = nil
 			continue
-		case f.first != nil:
-			if present == nil {
-				present = make(map[*targetgroup.Group]struct{}, len(groups))
-				for _, g := range groups {
-					present[g] = struct{}{}
-				}
-			}
-			// The Manager stores each group a discoverer sends; a
-			// discoverer that sent none has nothing to wait for.
-			f.in = len(f.first) == 0
-			for _, g := range f.first {
-				if _, ok := present[g]; ok {
-					f.in = true
-					break
-				}
-			}
 		}
-		if !f.in && now.Sub(f.started) < holdLimit {
-			return true
-		}
+		held = held || now.Sub(f.started) < holdLimit
 	}
-	return false
+	return held
 }
 
 // Run writes every update until ctx ends. A failed write is retried until
@@ -214,16 +206,22 @@ func (c *trackedConfig) NewDiscoverer(opts discovery.DiscovererOptions) (discove
 	if err != nil {
 		return nil, err
 	}
-	f := &firstTargets{started: time.Now()}
+	f := &firstTargets{started: time.Now(), sent: map[*targetgroup.Group]struct{}{}}
 	c.runner.mu.Lock()
 	c.runner.discoverers[c.key] = f
 	c.runner.mu.Unlock()
 	return &trackedDiscoverer{d: d, sent: func(groups []*targetgroup.Group) {
 		c.runner.mu.Lock()
-		if f.first == nil {
-			f.first = append([]*targetgroup.Group{}, groups...)
+		defer c.runner.mu.Unlock()
+		if f.in {
+			return
 		}
-		c.runner.mu.Unlock()
+		if len(groups) == 0 {
+			f.in = true
+		}
+		for _, g := range groups {
+			f.sent[g] = struct{}{}
+		}
 	}}, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/prometheus/discovery/consul"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
-
 )
 
 // firstWait bounds how long a block of every datacenter holds back its
@@ -180,4 +179,3 @@ func inDatacenter(dc string) string {
 	}
 	return " datacenter " + dc
 }
-
