@@ -98,6 +98,10 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 	return a, nil
 }
 
+// Unregister takes the output's metrics out of the registry it was given,
+// when a reload removes its entry.
+func (a *Adapter) Unregister() { a.metrics.unregister(a.reg) }
+
 // Path returns the output file.
 func (a *Adapter) Path() string { return a.path }
 

@@ -42,3 +42,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		promreg.Register(reg, &m.dirSyncFailures), promreg.Register(reg, &m.lastWrite))
 	return m, err
 }
+
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.dirSyncFailures, m.lastWrite} {
+		reg.Unregister(c)
+	}
+}

@@ -7,6 +7,7 @@
 package consulsd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,6 +90,10 @@ type Config struct {
 	// instance is discovered, with all its instances. Prometheus's
 	// `filter`; Filter is its `health_filter`.
 	CatalogFilter string
+	// FilterName and CatalogFilterName name what set Filter and
+	// CatalogFilter, for the error when Consul rejects one: by default
+	// "--consul.filter" and "filter".
+	FilterName, CatalogFilterName string
 	// NodeMeta keeps only instances on nodes with every one of these meta
 	// pairs; Consul applies it to the service list and each service's query.
 	NodeMeta map[string]string
@@ -105,6 +110,12 @@ type Config struct {
 	// left out) over every Discovery that shares it; nil gives each its
 	// own, of MaxConcurrency.
 	InFlight InFlight
+	// PrometheusEnvironment reads Consul's environment variables as
+	// Prometheus's Consul SD does, for a block of a configuration file:
+	// only a token ($CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE), a
+	// namespace or a partition the block leaves unset comes from there.
+	// Otherwise every variable of the consul CLI applies under the flags.
+	PrometheusEnvironment bool
 	// Transport and WatchTransport, when set, carry every request, and the
 	// TLS fields above are ignored: they come from a configuration file's
 	// HTTP client settings (TLS, authorization, proxy, headers), shared by
@@ -160,6 +171,7 @@ type Discovery struct {
 	cfg                Config
 	logger             log.Logger
 	metrics            *metrics
+	reg                prometheus.Registerer
 
 	// What the last successful round saw, so that the next one can tell
 	// whether anything changed and which services have gone. Only Refresh
@@ -187,6 +199,10 @@ type Discovery struct {
 	// about; only the goroutine that lists services touches it.
 	warned map[string]bool
 }
+
+// Unregister takes the Discovery's metrics out of the registry it was
+// given, when a reload removes its block.
+func (d *Discovery) Unregister() { d.metrics.unregister(d.reg) }
 
 // Status returns how the latest rounds went. Safe for concurrent use.
 func (d *Discovery) Status() Status { return d.status.get() }
@@ -254,7 +270,7 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if err != nil {
 		return nil, err
 	}
-	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}, warned: map[string]bool{}}
+	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, reg: reg, sent: map[string]struct{}{}, warned: map[string]bool{}}
 	if cfg.Watch && cfg.WatchMode == WatchServices {
 		// Kept alive: HTTP/2 carries every service's query on a few
 		// connections. After an agent restart the list watch, on its
@@ -291,6 +307,12 @@ func Datacenters(cfg Config) ([]string, error) {
 // first, the flags on top.
 func clientConfig(cfg Config) *api.Config {
 	conf := api.DefaultConfig()
+	if cfg.PrometheusEnvironment {
+		// Built as Prometheus builds it: api.NewClient then fills in the
+		// token, namespace and partition from the environment, and
+		// nothing else.
+		conf = &api.Config{Address: "localhost:8500", Scheme: "http", Transport: conf.Transport}
+	}
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -606,7 +628,7 @@ func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uin
 	opts.AllowStale = stale
 	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, d.catalogFilterRejected(err)
 	}
 	// An empty list means the token may read none of it, or that a server
 	// answered which has not yet replayed its log.
@@ -694,9 +716,18 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string, stale boo
 // answers 500 with "Failed to create boolean expression evaluator" (400 in
 // some versions) to a query whose filter does not parse or names no field.
 func (d *Discovery) filterRejected(err error) error {
+	return filterRejected(err, d.cfg.Filter, cmp.Or(d.cfg.FilterName, "--consul.filter"))
+}
+
+// catalogFilterRejected is filterRejected for the service list's filter.
+func (d *Discovery) catalogFilterRejected(err error) error {
+	return filterRejected(err, d.cfg.CatalogFilter, cmp.Or(d.cfg.CatalogFilterName, "filter"))
+}
+
+func filterRejected(err error, filter, name string) error {
 	var status api.StatusError
-	if d.cfg.Filter != "" && errors.As(err, &status) && strings.Contains(status.Body, "boolean expression") {
-		return fmt.Errorf("%w %q (--consul.filter): %w", errFilterRejected, d.cfg.Filter, err)
+	if filter != "" && errors.As(err, &status) && strings.Contains(status.Body, "boolean expression") {
+		return fmt.Errorf("%w %q (%s): %w", errFilterRejected, filter, name, err)
 	}
 	return err
 }

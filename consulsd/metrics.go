@@ -129,6 +129,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, err
 }
 
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range []prometheus.Collector{
+		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration,
+		m.blockingQueries, m.lastContact, m.unknownLeader, m.behindAnswers, m.servicesNotFound,
+	} {
+		reg.Unregister(c)
+	}
+}
+
 // failureReason sorts an error from the Consul client into a reason label.
 func failureReason(err error) string {
 	var status api.StatusError

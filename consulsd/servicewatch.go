@@ -229,6 +229,7 @@ func (d *Discovery) watchServiceList(ctx context.Context, lists chan<- serviceLi
 		opts.WaitIndex, opts.WaitTime = index, watchWait
 		services, meta, err := d.watchClient.Catalog().Services(opts)
 		cancel()
+		err = d.catalogFilterRejected(err)
 		if err == nil && d.emptyMeansACL(services, meta) {
 			err = errACLFiltered
 		}

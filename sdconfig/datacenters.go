@@ -8,6 +8,8 @@ import (
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/prometheus/discovery/consul"
 	"github.com/prometheus/prometheus/discovery/targetgroup"
+
+	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
 )
 
 // firstWait bounds how long a block of every datacenter holds back its
@@ -33,6 +35,7 @@ type dcUpdate struct {
 // dcChild is a running datacenter.
 type dcChild struct {
 	name    string
+	d       *consulsd.Discovery
 	cancel  context.CancelFunc
 	sources map[string]bool // sent, so that they can be emptied when it goes
 }
@@ -43,7 +46,7 @@ func (m *datacenters) Run(ctx context.Context, up chan<- []*targetgroup.Group) {
 	defer func() {
 		for _, c := range children {
 			c.cancel()
-			m.env.stop(runKey{m.key, c.name})
+			m.env.forget(runKey{m.key, c.name}, c.d)
 		}
 	}()
 	// Until every datacenter of the first list has answered (or firstWait
@@ -60,7 +63,7 @@ func (m *datacenters) Run(ctx context.Context, up chan<- []*targetgroup.Group) {
 			return
 		}
 		cctx, cancel := context.WithCancel(ctx)
-		c := &dcChild{name: dc, cancel: cancel, sources: map[string]bool{}}
+		c := &dcChild{name: dc, d: d, cancel: cancel, sources: map[string]bool{}}
 		children[dc] = c
 		ch := make(chan []*targetgroup.Group)
 		go d.Run(cctx, ch)
@@ -97,7 +100,7 @@ func (m *datacenters) Run(ctx context.Context, up chan<- []*targetgroup.Group) {
 		for dc, c := range children {
 			if !slices.Contains(dcs, dc) {
 				c.cancel()
-				m.env.stop(runKey{m.key, dc})
+				m.env.drop(runKey{m.key, dc}, c.d)
 				delete(children, dc)
 				delete(waiting, dc)
 				for source := range c.sources {

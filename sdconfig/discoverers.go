@@ -67,7 +67,13 @@ func (env *Env) Sets(cfg *Config) map[string]discovery.Configs {
 		}
 	}
 	env.mu.Lock()
-	maps.DeleteFunc(env.running, func(k runKey, _ *consulsd.Discovery) bool { return !keys[k.BlockKey] })
+	maps.DeleteFunc(env.running, func(k runKey, d *consulsd.Discovery) bool {
+		if keys[k.BlockKey] {
+			return false
+		}
+		d.Unregister() // its series would stay, frozen, and alert
+		return true
+	})
 	env.mu.Unlock()
 	return sets
 }
@@ -143,11 +149,21 @@ func (env *Env) start(key runKey, b *consul.SDConfig) (*consulsd.Discovery, erro
 	return d, nil
 }
 
-// stop forgets a datacenter's discoverer.
-func (env *Env) stop(key runKey) {
+// forget drops a discoverer that stopped from those running, unless
+// another has taken its place.
+func (env *Env) forget(key runKey, d *consulsd.Discovery) {
 	env.mu.Lock()
-	delete(env.running, key)
+	if env.running[key] == d {
+		delete(env.running, key)
+	}
 	env.mu.Unlock()
+}
+
+// drop forgets a datacenter's discoverer gone from the agent's list, and
+// its metrics: their series would stay, frozen, and alert.
+func (env *Env) drop(key runKey, d *consulsd.Discovery) {
+	d.Unregister()
+	env.forget(key, d)
 }
 
 func (env *Env) discoveryConfig(key runKey, b *consul.SDConfig) (consulsd.Config, error) {

@@ -131,8 +131,10 @@ func DiscoveryConfig(b *consul.SDConfig, base consulsd.Config, t *Transports) (c
 	cfg.RefreshInterval = time.Duration(b.RefreshInterval)
 	cfg.Services, cfg.Tags, cfg.NodeMeta = b.Services, b.ServiceTags, b.NodeMeta
 	cfg.CatalogFilter, cfg.Filter = b.Filter, b.HealthFilter
+	cfg.CatalogFilterName, cfg.FilterName = "filter", "health_filter"
 	cfg.TagSeparator = b.TagSeparator
 	cfg.Transport, cfg.WatchTransport = keep, fresh
+	cfg.PrometheusEnvironment = true
 	if !b.HTTPClientConfig.EnableHTTP2 && cfg.WatchMode == consulsd.WatchAuto {
 		// Without HTTP/2 each parked per-service query would hold a
 		// connection of its own.

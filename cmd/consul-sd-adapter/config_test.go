@@ -133,6 +133,16 @@ func TestConfigFile(t *testing.T) {
 	if got := addresses(t, mixFile); got != "10.0.0.1:80,10.0.0.2:80,10.0.0.3:5432" {
 		t.Errorf("the removed entry's file changed: %s", got)
 	}
+	for _, series := range []string{
+		`consul_sd_adapter_targets{block="0",entry="mix"}`, `consul_sd_adapter_file_writes_total{entry="mix"}`,
+	} {
+		if v := d.metric(series); v != -1 {
+			t.Errorf("%s = %v after its entry was removed: the series stays, frozen", series, v)
+		}
+	}
+	if v := d.metric(`consul_sd_adapter_targets{block="0",entry="web"}`); v != 2 {
+		t.Errorf("the reloaded entry web counts %v targets, want 2", v)
+	}
 	if code, _ := d.get("/targets/mix"); code != 404 {
 		t.Errorf("/targets/mix after its entry was removed: %d, want 404", code)
 	}
@@ -235,5 +245,38 @@ func TestConfigBadInput(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "web.json")); err == nil {
 		t.Error("--config.check wrote the output file")
+	}
+}
+
+// TestConfigEnvironment: a block reads Consul's environment as
+// Prometheus's Consul SD does: its own token wins over
+// $CONSUL_HTTP_TOKEN_FILE, and a block without a token takes
+// $CONSUL_HTTP_TOKEN.
+func TestConfigEnvironment(t *testing.T) {
+	agent := consultest.Start(t, consultest.WithACL(managementToken))
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80})
+	dir := t.TempDir()
+	wrong := filepath.Join(dir, "wrong-token")
+	if err := os.WriteFile(wrong, []byte("00000000-0000-4000-8000-00000000dead\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, dir, fmt.Sprintf(`discovery_configs:
+  - name: web
+    file: web.json
+    consul_sd_configs: [{server: %q, token: %q, services: [web]}]
+`, agent.Addr, managementToken))
+	r := runBinary(t, []string{"CONSUL_HTTP_TOKEN_FILE=" + wrong}, "--once", "--config.file="+cfg)
+	if r.code != 0 || addresses(t, filepath.Join(dir, "web.json")) != "10.0.0.1:80" {
+		t.Errorf("the block's token lost to the environment: exit %d\n%s", r.code, r.stderr)
+	}
+
+	cfg = writeConfig(t, dir, fmt.Sprintf(`discovery_configs:
+  - name: env
+    file: env.json
+    consul_sd_configs: [{server: %q, services: [web]}]
+`, agent.Addr))
+	r = runBinary(t, []string{"CONSUL_HTTP_TOKEN=" + managementToken}, "--once", "--config.file="+cfg)
+	if r.code != 0 || addresses(t, filepath.Join(dir, "env.json")) != "10.0.0.1:80" {
+		t.Errorf("a block without a token did not take $CONSUL_HTTP_TOKEN: exit %d\n%s", r.code, r.stderr)
 	}
 }

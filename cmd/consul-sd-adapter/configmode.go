@@ -126,6 +126,7 @@ func (c *configDaemon) apply(run *configRun) {
 	if old := c.current.Swap(run); old != nil {
 		for name, a := range old.outputs {
 			if _, ok := run.outputs[name]; !ok {
+				a.Unregister()
 				level.Warn(c.logger).Log("msg", "Entry removed: its file is left as it was, no longer updated", "entry", name, "file", a.Path())
 			}
 		}
