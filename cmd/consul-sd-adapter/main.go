@@ -123,7 +123,7 @@ func run(args []string) int {
 		Default(cfg.MinRoundInterval.String()).SetValue(durationValue("consul.min-round-interval", &cfg.MinRoundInterval))
 	configFile := app.Flag("config.file", "Configuration file: discovery_configs entries, each an output file and Prometheus consul_sd_configs blocks. Replaces the discovery flags (--listen.address, --output.file, --consul.service, ...).").
 		String()
-	checkConfig := app.Flag("config.check", "Check --config.file and exit: 0 if it is valid, 2 with the error if not. Nothing is queried or written.").
+	checkConfig := app.Flag("config.check", "Check --config.file and exit: 0 if it is valid, 2 with the error if not. Consul is not queried and no output file is written (their directories must exist and be writable).").
 		Bool()
 	lifecycle := app.Flag("web.enable-lifecycle", "Enable reloading the configuration file via HTTP POST to /-/reload (SIGHUP always reloads).").
 		Bool()
