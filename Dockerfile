@@ -11,6 +11,7 @@ RUN go mod download
 COPY cmd/ cmd/
 COPY consulsd/ consulsd/
 COPY adapter/ adapter/
+COPY sdconfig/ sdconfig/
 COPY internal/ internal/
 # The version data of make build (LDFLAGS in the Makefile), which make docker
 # passes through docker-compose.yml. Without them the binary says "dev": this

@@ -2,7 +2,9 @@
 # Runs the dev stack of docker-compose.yml from local binaries, for machines
 # without Docker: a Consul dev agent with the example services of consul.json,
 # the adapter writing .demo/prometheus/sd/custom_sd.json, and Prometheus
-# reading it through the repository's prometheus.yml, unchanged.
+# reading it through the repository's prometheus.yml, unchanged. Where the
+# stack gives the adapter flags, the demo gives it a configuration file of
+# one entry, .demo/consul-sd-adapter.yml, to show that way too.
 #
 # Waits until Prometheus has picked up the example services, prints what it
 # sees, then runs until Ctrl-C and stops all three.
@@ -106,6 +108,21 @@ mkdir -p "$demo/prometheus/sd"
 # prometheus.yml reads sd/custom_sd.json relative to its own directory, so
 # next to the copy that is .demo/prometheus/sd/, where the adapter writes.
 cp prometheus.yml "$demo/prometheus/prometheus.yml"
+# One entry, named after prometheus.yml's job; its file is relative to the
+# configuration's directory, .demo/. Short intervals, as in prometheus.yml.
+adapter_config=$demo/consul-sd-adapter.yml
+entry=consul-sd
+cat >"$adapter_config" <<EOF
+discovery_configs:
+  - name: $entry
+    file: prometheus/sd/custom_sd.json
+    consul_sd_configs:
+      - server: $consul_addr
+        refresh_interval: 5s
+EOF
+checked=$("$demo/bin/consul-sd-adapter" --config.check --config.file="$adapter_config") ||
+  die "the adapter refuses $adapter_config (its error is above)"
+say "$checked"
 
 # --- processes --------------------------------------------------------------
 
@@ -153,10 +170,8 @@ done
 
 say "starting consul-sd-adapter, log $demo/adapter.log"
 "$demo/bin/consul-sd-adapter" \
-  --listen.address="$consul_addr" \
-  --output.file="$demo/prometheus/sd/custom_sd.json" \
+  --config.file="$adapter_config" \
   --web.listen-address="$adapter_addr" \
-  --refresh.interval=5s \
   >"$demo/adapter.log" 2>&1 &
 adapter_pid=$!
 pids+=("$adapter_pid")
@@ -237,7 +252,10 @@ echo "Targets as Prometheus sees them (web-1 and web-2 listen nowhere, so they a
 echo "${summary:-  (Prometheus did not answer)}"
 echo
 echo "  Prometheus  $prom_targets"
-echo "  adapter     http://$adapter_addr/  (status page; also /metrics, and /targets for http_sd, /targets?shards=N&shard=K for one hashmod shard)"
+echo "  adapter     http://$adapter_addr/  (its entries; also /metrics)"
+echo "              http://$adapter_addr/status/$entry  (status page of entry $entry)"
+echo "              http://$adapter_addr/targets/$entry  (its targets for http_sd; ?shards=N&shard=K for one hashmod shard)"
+echo "  config      $adapter_config  (one entry, $entry; edit it, then kill -HUP $adapter_pid to reload)"
 echo "  Consul      http://$consul_addr/ui"
 echo "  logs        $demo/consul.log $demo/adapter.log $demo/prometheus.log"
 echo
