@@ -162,3 +162,18 @@ func TestInFlightSharedByDiscoveries(t *testing.T) {
 		t.Errorf("at most %d request in flight: the rounds did not overlap, so the bound was not tested", counter.peak)
 	}
 }
+
+// TestCatalogFilterRejected: so is a catalog filter (a block's `filter`)
+// that Consul refuses, named by what set it.
+func TestCatalogFilterRejected(t *testing.T) {
+	agent := consultest.Start(t)
+	agent.RegisterInstance(t, consultest.Instance{Node: "n1", Service: "web", Port: 80})
+	d, reg := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.CatalogFilter = `Service.Nope == "x"` })
+	_, err := d.Refresh(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "(filter)") || !strings.Contains(err.Error(), `Service.Nope`) {
+		t.Errorf("err = %v, want one naming the filter option and the expression", err)
+	}
+	if got := failures(t, reg, "filter"); got != 1 {
+		t.Errorf("filter failures = %v, want 1", got)
+	}
+}
