@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,8 +71,11 @@ func TestConfigDatacenters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	startDaemon(t, nil, "--config.file="+cfg)
+	d := startDaemon(t, nil, "--config.file="+cfg)
 	waitAll("both datacenters in both files", "10.1.0.1:80,10.2.0.1:80")
+	if code, _ := post(t, d, "/-/reload"); code != http.StatusForbidden {
+		t.Errorf("POST /-/reload without --web.enable-lifecycle: %d, want 403", code)
+	}
 
 	fed.DC2.Stop()
 	fed.DC1.RegisterInstance(t, inst("a2", "10.1.0.2"))
