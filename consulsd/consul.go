@@ -283,6 +283,13 @@ func clientConfig(cfg Config) *api.Config {
 	if cfg.InsecureSkipVerify {
 		conf.TLSConfig.InsecureSkipVerify = true
 	}
+	if cfg.Transport != nil {
+		// A configuration file's block authenticates as it says, as
+		// Prometheus's client does. The consul CLI's CONSUL_HTTP_AUTH
+		// would set an Authorization header first, which the block's
+		// basic_auth and authorization then leave alone.
+		conf.HttpAuth = nil
+	}
 	return conf
 }
 
