@@ -107,6 +107,10 @@ type Config struct {
 	// every block with the same settings. WatchTransport must not keep
 	// connections alive (see New).
 	Transport, WatchTransport http.RoundTripper
+	// NoRedirects makes a redirect an error instead of following it: a
+	// configuration file's follow_redirects: false. The transports cannot
+	// say it; only the http.Client follows redirects.
+	NoRedirects bool
 
 	// RefreshInterval is the period of the full refresh round.
 	RefreshInterval time.Duration
@@ -352,6 +356,11 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 		if httpClient, err = api.NewHttpClient(conf.Transport, conf.TLSConfig); err != nil {
 			return nil, fmt.Errorf("consul TLS configuration: %w", err)
 		}
+	}
+	if cfg.NoRedirects {
+		// The 3xx answer comes back as it is, and fails as Consul's
+		// client takes any status but 200.
+		httpClient.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	}
 	if tokens != nil {
 		conf.TokenFile, conf.Token = "", ""

@@ -133,6 +133,7 @@ func DiscoveryConfig(b *consul.SDConfig, base consulsd.Config, t *Transports) (c
 	cfg.CatalogFilter, cfg.Filter = b.Filter, b.HealthFilter
 	cfg.TagSeparator = b.TagSeparator
 	cfg.Transport, cfg.WatchTransport = keep, fresh
+	cfg.NoRedirects = !b.HTTPClientConfig.FollowRedirects
 	if !b.HTTPClientConfig.EnableHTTP2 && cfg.WatchMode == consulsd.WatchAuto {
 		// Without HTTP/2 each parked per-service query would hold a
 		// connection of its own.
