@@ -366,7 +366,7 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 		conf.TokenFile, conf.Token = "", ""
 		httpClient.Transport = &tokenTransport{next: httpClient.Transport, tokens: tokens}
 	}
-	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, metrics: m}
+	httpClient.Transport = &instrumentedTransport{next: httpClient.Transport, metrics: m, prefix: conf.PathPrefix}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)
