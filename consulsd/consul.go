@@ -122,6 +122,10 @@ type Config struct {
 	// every block with the same settings. WatchTransport must not keep
 	// connections alive (see New).
 	Transport, WatchTransport http.RoundTripper
+	// NoRedirects makes a redirect an error instead of following it: a
+	// configuration file's follow_redirects: false. The transports cannot
+	// say it; only the http.Client follows redirects.
+	NoRedirects bool
 
 	// RefreshInterval is the period of the full refresh round.
 	RefreshInterval time.Duration
@@ -310,7 +314,9 @@ func clientConfig(cfg Config) *api.Config {
 	if cfg.PrometheusEnvironment {
 		// Built as Prometheus builds it: api.NewClient then fills in the
 		// token, namespace and partition from the environment, and
-		// nothing else.
+		// nothing else. $CONSUL_HTTP_AUTH above all would set an
+		// Authorization header first, which a block's basic_auth and
+		// authorization then leave alone.
 		conf = &api.Config{Address: "localhost:8500", Scheme: "http", Transport: conf.Transport}
 	}
 	set := func(dst *string, v string) {
@@ -396,11 +402,16 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 			return nil, fmt.Errorf("consul TLS configuration: %w", err)
 		}
 	}
+	if cfg.NoRedirects {
+		// The 3xx answer comes back as it is, and fails as Consul's
+		// client takes any status but 200.
+		httpClient.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
 	if tokens != nil {
 		conf.TokenFile, conf.Token = "", ""
 		httpClient.Transport = &tokenTransport{next: httpClient.Transport, tokens: tokens}
 	}
-	httpClient.Transport = &instrumentedTransport{next: &limitTransport{next: httpClient.Transport, slots: cfg.InFlight}, metrics: m}
+	httpClient.Transport = &instrumentedTransport{next: &limitTransport{next: httpClient.Transport, slots: cfg.InFlight}, metrics: m, prefix: conf.PathPrefix}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)

@@ -190,6 +190,10 @@ func (m *metrics) observeStaleness(h http.Header) {
 type instrumentedTransport struct {
 	next    http.RoundTripper
 	metrics *metrics
+	// prefix is the path prefix (path_prefix), taken off the path: behind
+	// one, the path would not start with the endpoint, and every service
+	// would get a series of its own.
+	prefix string
 }
 
 func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -206,10 +210,11 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if err == nil && !blocking && resp.StatusCode/100 == 2 {
 		t.metrics.observeStaleness(resp.Header)
 	}
+	endpoint := endpointOf(strings.TrimPrefix(req.URL.Path, t.prefix))
 	if blocking {
-		t.metrics.blockingQueries.WithLabelValues(endpointOf(req.URL.Path), code).Inc()
+		t.metrics.blockingQueries.WithLabelValues(endpoint, code).Inc()
 	} else {
-		t.metrics.requestDuration.WithLabelValues(endpointOf(req.URL.Path), code).Observe(time.Since(start).Seconds())
+		t.metrics.requestDuration.WithLabelValues(endpoint, code).Observe(time.Since(start).Seconds())
 	}
 	// Error answers (a 403 for an unknown token) carry KnownLeader false
 	// too: they fail on their own status.

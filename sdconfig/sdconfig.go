@@ -119,7 +119,11 @@ func (c *Config) Blocks() int {
 // selects and where Consul is from the block, the process-wide settings
 // (timeouts, concurrency, watch) from base, the transports from t.
 func DiscoveryConfig(b *consul.SDConfig, base consulsd.Config, t *Transports) (consulsd.Config, error) {
-	keep, fresh, err := t.get(b.HTTPClientConfig)
+	var socket string
+	if path, ok := strings.CutPrefix(b.Server, "unix://"); ok {
+		socket = path
+	}
+	keep, fresh, err := t.get(b.HTTPClientConfig, socket)
 	if err != nil {
 		return consulsd.Config{}, err
 	}
@@ -135,6 +139,7 @@ func DiscoveryConfig(b *consul.SDConfig, base consulsd.Config, t *Transports) (c
 	cfg.TagSeparator = b.TagSeparator
 	cfg.Transport, cfg.WatchTransport = keep, fresh
 	cfg.PrometheusEnvironment = true
+	cfg.NoRedirects = !b.HTTPClientConfig.FollowRedirects
 	if !b.HTTPClientConfig.EnableHTTP2 && cfg.WatchMode == consulsd.WatchAuto {
 		// Without HTTP/2 each parked per-service query would hold a
 		// connection of its own.

@@ -4,5 +4,7 @@
 // malformed bodies, an index that goes backwards, and delays.
 //
 // Requests without a fault are forwarded unchanged and streamed as they
-// come, so blocking queries work through the proxy.
+// come, so blocking queries work through the proxy. The proxy counts the
+// requests and keeps what each carried (Seen): what a client sends, which
+// the agent may ignore, can be checked there.
 package faultproxy

@@ -3,6 +3,7 @@ package faultproxy
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -14,6 +15,7 @@ type Fault struct {
 	status int           // for kindStatus
 	body   string        // for kindStatus
 	delay  time.Duration // for kindDelay
+	params []string      // for kindDropQuery
 }
 
 type kind int
@@ -28,6 +30,7 @@ const (
 	kindIndexBackwards
 	kindDelay
 	kindLagging
+	kindDropQuery
 )
 
 // The bodies mimic Consul's, which are plain text that clients such as
@@ -80,6 +83,14 @@ func Delay(d time.Duration) Fault {
 	return Fault{kind: kindDelay, delay: d}
 }
 
+// DropQuery forwards the request without the named query parameters, which
+// Seen still shows as sent. It lets a client's parameters that the agent
+// would refuse reach the proxy: the OSS agent answers any ns or partition
+// with 400, as namespaces and partitions are Consul Enterprise's.
+func DropQuery(params ...string) Fault {
+	return Fault{kind: kindDropQuery, params: params}
+}
+
 // String names the fault, for test names and failure messages.
 func (f Fault) String() string {
 	switch f.kind {
@@ -104,6 +115,8 @@ func (f Fault) String() string {
 		return fmt.Sprintf("Delay(%s)", f.delay)
 	case kindLagging:
 		return "Lagging"
+	case kindDropQuery:
+		return fmt.Sprintf("DropQuery(%s)", strings.Join(f.params, ","))
 	}
 	return fmt.Sprintf("Fault(%d)", f.kind)
 }

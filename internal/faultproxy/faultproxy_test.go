@@ -3,7 +3,9 @@ package faultproxy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -273,5 +275,72 @@ func TestCloseReleasesRequests(t *testing.T) {
 	p.Close() // twice is fine
 	if _, _, err := webHealth(context.Background(), c, nil); err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("request after Close: %v, want connection refused", err)
+	}
+}
+
+// TestSeen checks that the proxy keeps what each request carried, as sent,
+// also when DropQuery takes parameters off before the agent sees them.
+func TestSeen(t *testing.T) {
+	t.Parallel()
+	_, p := agentAndProxy(t)
+	c, err := api.NewClient(&api.Config{Address: p.Addr, Token: token, Namespace: "team-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	query := func() error {
+		_, _, err := c.Health().Service("web", "", false, &api.QueryOptions{AllowStale: true})
+		return err
+	}
+	// The OSS agent refuses a namespace: what DropQuery is for.
+	if err := query(); err == nil || !strings.Contains(err.Error(), "Namespaces are a Consul Enterprise feature") {
+		t.Errorf("query with a namespace, no fault: %v, want the agent's 400", err)
+	}
+	p.Set(webPath, faultproxy.DropQuery("ns"))
+	if err := query(); err != nil {
+		t.Errorf("query with a namespace, DropQuery(ns): %v", err)
+	}
+
+	seen := p.Seen()
+	if len(seen) != 2 {
+		t.Fatalf("Seen() holds %d requests, want 2: %+v", len(seen), seen)
+	}
+	for i, r := range seen {
+		if r.Method != http.MethodGet || r.Path != webPath || !strings.HasPrefix(r.URI, webPath+"?") || r.Host != p.Addr || r.Proto != "HTTP/1.1" {
+			t.Errorf("request %d: %s %s (path %s) to %s over %s", i, r.Method, r.URI, r.Path, r.Host, r.Proto)
+		}
+		if r.Query.Get("ns") != "team-a" || !r.Query.Has("stale") {
+			t.Errorf("request %d: query %v, want ns=team-a and stale as sent", i, r.Query)
+		}
+		if got := r.Header.Get("X-Consul-Token"); got != token {
+			t.Errorf("request %d: X-Consul-Token %q, want %q", i, got, token)
+		}
+	}
+}
+
+// TestSeenIsBounded checks that Seen keeps only the last MaxSeen requests.
+func TestSeenIsBounded(t *testing.T) {
+	t.Parallel()
+	// No agent needed: a status fault answers at the proxy.
+	p := faultproxy.Start(t, "127.0.0.1:1")
+	p.Set("/x", faultproxy.Status500)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr}
+	const n = faultproxy.MaxSeen + 3
+	for i := range n {
+		resp, err := client.Get(fmt.Sprintf("%s/x?i=%d", p.URL, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	seen := p.Seen()
+	if len(seen) != faultproxy.MaxSeen {
+		t.Fatalf("Seen() holds %d requests, want %d", len(seen), faultproxy.MaxSeen)
+	}
+	for i, r := range seen {
+		if want := strconv.Itoa(n - faultproxy.MaxSeen + i); r.Query.Get("i") != want {
+			t.Fatalf("Seen()[%d] is request %s, want %s: oldest first", i, r.Query.Get("i"), want)
+		}
 	}
 }

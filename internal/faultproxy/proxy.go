@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,28 @@ type Proxy struct {
 	peak   int // most client connections open at once
 	// kept holds Lagging's answers by path.
 	kept map[string]*httptest.ResponseRecorder
+	// seen holds the last MaxSeen requests, a ring from next on once full.
+	seen []Request
+	next int
+}
+
+// MaxSeen is how many requests Seen keeps: a proxy that serves a long
+// benchmark must not grow without end.
+const MaxSeen = 1000
+
+// Request is what a request carried when it reached the proxy, before any
+// fault: what the client sent.
+type Request struct {
+	Method string
+	// URI is the request target as sent: a path and query, or an absolute
+	// URL from a client that took the proxy for a forward proxy.
+	URI   string
+	Host  string
+	Proto string // HTTP/1.1, HTTP/2.0
+	Path  string
+	Query url.Values
+	// Header is the request's headers; Host is apart, as in http.Request.
+	Header http.Header
 }
 
 // Start starts a proxy to target, as New does, and closes it when the test
@@ -213,13 +236,28 @@ func (p *Proxy) GzipRequests() int {
 	return p.gzip
 }
 
-// record counts a request and returns its fault.
+// Seen returns the requests that arrived, oldest first: all of them, or
+// the last MaxSeen.
+func (p *Proxy) Seen() []Request {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append(slices.Clone(p.seen[p.next:]), p.seen[:p.next]...)
+}
+
+// record counts and keeps a request, and returns its fault.
 func (p *Proxy) record(r *http.Request) Fault {
 	path := r.URL.Path
+	req := Request{Method: r.Method, URI: r.RequestURI, Host: r.Host, Proto: r.Proto, Path: path, Query: r.URL.Query(), Header: r.Header.Clone()}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.counts[path]++
 	p.total++
+	if len(p.seen) < MaxSeen {
+		p.seen = append(p.seen, req)
+	} else {
+		p.seen[p.next] = req
+		p.next = (p.next + 1) % MaxSeen
+	}
 	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 		p.gzip++
 	}
@@ -270,6 +308,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 	case kindLagging:
 		p.lag(w, r)
+	case kindDropQuery:
+		u := *r.URL
+		q := u.Query()
+		for _, name := range f.params {
+			q.Del(name)
+		}
+		u.RawQuery = q.Encode()
+		r.URL = &u
+		p.rp.ServeHTTP(w, r)
 	case kindTruncate:
 		p.rp.ServeHTTP(w, r)
 		// The body is short of its Content-Length; closing the connection
