@@ -72,7 +72,7 @@ func Command(ctx context.Context, bin string, args ...string) *exec.Cmd {
 
 // Adapter is the adapter running as a service.
 type Adapter struct {
-	Out string // its output file
+	Out string // its output file; empty with a configuration file, whose entries name theirs
 	Web string // the address of its web server
 	Log string // the file its stdout and stderr go to
 
@@ -85,6 +85,17 @@ type Adapter struct {
 // its web server on a free loopback address, then args; its output goes to
 // the file logFile. Stop it with Stop.
 func Start(bin, consul, out, logFile string, args ...string) (*Adapter, error) {
+	return start(bin, out, logFile, append([]string{"--listen.address=" + consul, "--output.file=" + out}, args...))
+}
+
+// StartConfig starts bin as Start does, but from the configuration file
+// config: --config.file refuses --listen.address and --output.file, as its
+// entries say where Consul is and which files to write.
+func StartConfig(bin, config, logFile string, args ...string) (*Adapter, error) {
+	return start(bin, "", logFile, append([]string{"--config.file=" + config}, args...))
+}
+
+func start(bin, out, logFile string, args []string) (*Adapter, error) {
 	web, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -105,9 +116,7 @@ func Start(bin, consul, out, logFile string, args ...string) (*Adapter, error) {
 	defer f.Close()
 	// Not tied to a context: Stop stops it with SIGTERM, so that it can
 	// shut down as in production.
-	a.cmd = Command(context.Background(), bin, append([]string{
-		"--listen.address=" + consul, "--output.file=" + out, "--web.listen-address=" + web,
-	}, args...)...)
+	a.cmd = Command(context.Background(), bin, append([]string{"--web.listen-address=" + web}, args...)...)
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	if err := a.cmd.Start(); err != nil {
 		return nil, err

@@ -155,10 +155,11 @@ func countTargets(path string) (int, error) {
 func (b *adapterBin) startDaemon(sc *scope, consul, dir, name string, args []string) (*adapterproc.Adapter, error) {
 	out := filepath.Join(dir, name+".json")
 	os.Remove(out)
-	d, err := adapterproc.Start(b.path, consul, out, filepath.Join(dir, name+".log"), args...)
-	if err != nil {
-		return nil, err
-	}
-	sc.cleanup(func() { d.Stop() })
-	return d, nil
+	return sc.daemon(adapterproc.Start(b.path, consul, out, filepath.Join(dir, name+".log"), args...))
+}
+
+// startConfigDaemon starts the adapter from the configuration file config,
+// logging to dir/name.log; sc stops it.
+func (b *adapterBin) startConfigDaemon(sc *scope, config, dir, name string, args []string) (*adapterproc.Adapter, error) {
+	return sc.daemon(adapterproc.StartConfig(b.path, config, filepath.Join(dir, name+".log"), args...))
 }

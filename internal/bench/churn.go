@@ -47,6 +47,67 @@ type churnObserver struct {
 	https   bool     // through Consul's HTTPS API (HTTP/2), else plain HTTP
 	builtin bool     // Prometheus's own Consul SD, else the adapter
 	args    []string // the adapter's flags
+	// entries, if set, runs the adapter from a configuration file of that
+	// many entries that split the catalog between them, else from flags.
+	entries int
+}
+
+// useScheme sets a consul_sd_configs block to the observer's scheme: over
+// HTTPS, without verifying the agent's test certificate.
+func (o churnObserver) useScheme(c *promconsul.SDConfig) {
+	if o.https {
+		c.Scheme = "https"
+		c.HTTPClientConfig.TLSConfig = promconfig.TLSConfig{InsecureSkipVerify: true}
+	}
+}
+
+// startAdapter starts the adapter through proxy, from flags or from a
+// configuration file written into sc's directory, and returns the files
+// it writes.
+func (o churnObserver) startAdapter(sc *scope, bin *adapterBin, proxy *faultproxy.Proxy) (*adapterproc.Adapter, []string, error) {
+	if o.entries > 0 {
+		config, files, err := writeSplitConfig(sc.dir, o.entries, func() *promconsul.SDConfig {
+			b := promconsul.DefaultSDConfig
+			b.Server, b.RefreshInterval = proxy.Addr, model.Duration(churnRefresh)
+			o.useScheme(&b)
+			return &b
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		d, err := bin.startConfigDaemon(sc, config, sc.dir, "churn", o.args)
+		return d, files, err
+	}
+	addr := proxy.Addr
+	args := append([]string{"--refresh.interval=" + churnRefresh.String()}, o.args...)
+	if o.https {
+		addr = proxy.URL
+		args = append(args, "--consul.insecure-skip-verify")
+	}
+	d, err := bin.startDaemon(sc, addr, sc.dir, "churn", args)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, []string{d.Out}, nil
+}
+
+// startChurnAdapter starts the adapter as o says and has tr follow its
+// files; it returns the adapter and the time from its start until every
+// file was written (its first round).
+func startChurnAdapter(ctx context.Context, sc *scope, bin *adapterBin, proxy *faultproxy.Proxy, o churnObserver, tr *churnTracker) (*adapterproc.Adapter, time.Duration, error) {
+	started := time.Now()
+	daemon, files, err := o.startAdapter(sc, bin, proxy)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := daemon.WaitReady(ctx, daemonReadyWait); err != nil {
+		return nil, 0, err
+	}
+	ready := time.Since(started)
+	sc.cleanup(followFiles(files, func(at time.Time, data [][]byte) {
+		tr.update(at, func(c *churnChange) map[string]string { return filesLabels(data, c.node, c.id) })
+	}))
+	return daemon, ready, nil
 }
 
 // churnRow is what one observer cost and how fast it followed.
@@ -119,18 +180,12 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 	if o.builtin {
 		synced := make(chan struct{})
 		var once sync.Once
-		edit := func(c *promconsul.SDConfig) {
-			if o.https {
-				c.Scheme = "https"
-				c.HTTPClientConfig.TLSConfig = promconfig.TLSConfig{InsecureSkipVerify: true}
-			}
-		}
 		err := startBuiltin(ctx, sc, proxy.Addr, tunedUpdatert, func(at time.Time, gs []*targetgroup.Group) {
 			tr.update(at, func(c *churnChange) map[string]string { return groupLabels(gs, c.node, c.id) })
 			if countGroups(gs) >= want {
 				once.Do(func() { close(synced) })
 			}
-		}, edit)
+		}, o.useScheme)
 		if err != nil {
 			return row, err
 		}
@@ -146,26 +201,8 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 		if err := sleep(ctx, builtinSettle-time.Since(started)); err != nil {
 			return row, err
 		}
-	} else {
-		addr := proxy.Addr
-		args := append([]string{"--refresh.interval=" + churnRefresh.String()}, o.args...)
-		if o.https {
-			addr = proxy.URL
-			args = append(args, "--consul.insecure-skip-verify")
-		}
-		started := time.Now()
-		daemon, err = bin.startDaemon(sc, addr, sc.dir, "churn", args)
-		if err != nil {
-			return row, err
-		}
-		if err := daemon.WaitReady(ctx, daemonReadyWait); err != nil {
-			return row, err
-		}
-		row.Ready = time.Since(started)
-		stop := followFile(daemon.Out, func(at time.Time, data []byte) {
-			tr.update(at, func(c *churnChange) map[string]string { return fileLabels(data, c.node, c.id) })
-		})
-		sc.cleanup(stop)
+	} else if daemon, row.Ready, err = startChurnAdapter(ctx, sc, bin, proxy, o, tr); err != nil {
+		return row, err
 	}
 
 	// The quiet window.
@@ -460,13 +497,15 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 	return ch, nil
 }
 
-// followFile calls onChange with the file's content, stamped before it is
-// read, whenever a new version of it appears. It stops when stop is called.
-func followFile(path string, onChange func(time.Time, []byte)) (stop func()) {
+// followFiles calls onChange with the content of every file in paths (nil
+// for one not written yet), stamped before any is read, whenever a new
+// version of any of them appears. It stops when stop is called.
+func followFiles(paths []string, onChange func(time.Time, [][]byte)) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		var last os.FileInfo
+		last := make([]os.FileInfo, len(paths))
+		data := make([][]byte, len(paths))
 		for {
 			select {
 			case <-done:
@@ -474,19 +513,40 @@ func followFile(path string, onChange func(time.Time, []byte)) (stop func()) {
 			case <-time.After(filePoll):
 			}
 			at := time.Now()
-			fi, err := os.Stat(path)
-			if err != nil || (last != nil && os.SameFile(fi, last) && fi.ModTime().Equal(last.ModTime())) {
-				continue
+			changed := false
+			for i, path := range paths {
+				if b, fi, ok := newVersion(path, last[i]); ok {
+					data[i], last[i], changed = b, fi, true
+				}
 			}
-			data, err := os.ReadFile(path)
-			if err != nil {
-				continue
+			if changed {
+				// A copy: the view made from it outlives this poll.
+				onChange(at, slices.Clone(data))
 			}
-			last = fi
-			onChange(at, data)
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// newVersion reads path if it is not the version last describes.
+func newVersion(path string, last os.FileInfo) ([]byte, os.FileInfo, bool) {
+	fi, err := os.Stat(path)
+	if err != nil || sameVersion(fi, last) {
+		return nil, nil, false
+	}
+	data, err := os.ReadFile(path)
+	return data, fi, err == nil
+}
+
+// filesLabels is fileLabels over the files of every entry of a
+// configuration file: each service is in one of them.
+func filesLabels(files [][]byte, node, id string) map[string]string {
+	for _, data := range files {
+		if l := fileLabels(data, node, id); l != nil {
+			return l
+		}
+	}
+	return nil
 }
 
 // fileLabels returns the labels of the instance id on node in a file_sd

@@ -277,8 +277,14 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 	}
 	adapterHTTP := churnObserver{name: "adapter, HTTP (tables watch)"}
 	adapterHTTPS := churnObserver{name: "adapter, HTTPS/HTTP2 (per-service watch)", https: true}
+	// The same from a configuration file whose entries split the catalog:
+	// the figures should hold with several blocks, which share connections
+	// and one bound on requests in flight.
+	configName := fmt.Sprintf("adapter, config file, %d entries, ", churnEntries)
+	configHTTP := churnObserver{name: configName + "HTTP (tables watch)", entries: churnEntries}
+	configHTTPS := churnObserver{name: configName + "HTTPS/HTTP2 (per-service watch)", https: true, entries: churnEntries}
 	observers := []churnObserver{
-		adapterHTTP, adapterHTTPS,
+		adapterHTTP, configHTTP, adapterHTTPS, configHTTPS,
 		{name: "built-in SD, HTTP", builtin: true},
 		{name: "built-in SD, HTTPS/HTTP2", builtin: true, https: true},
 	}
@@ -299,7 +305,7 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 		if err := big.register(ctx, a.Client, services); err != nil {
 			return results, err
 		}
-		r, err := measureChurn(ctx, sc, bin, a, big, services, []churnObserver{adapterHTTPS, adapterHTTP}, quiet, changes)
+		r, err := measureChurn(ctx, sc, bin, a, big, services, []churnObserver{adapterHTTPS, configHTTPS, adapterHTTP, configHTTP}, quiet, changes)
 		if err != nil {
 			return results, err
 		}

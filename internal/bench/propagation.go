@@ -201,7 +201,7 @@ func watchFile(ctx context.Context, path string, tr *tracker, i int) {
 		case <-tick.C:
 		}
 		fi, err := os.Stat(path)
-		if err != nil || (last != nil && os.SameFile(fi, last) && fi.ModTime().Equal(last.ModTime()) && fi.Size() == last.Size()) {
+		if err != nil || sameVersion(fi, last) {
 			continue
 		}
 		at := time.Now()
@@ -212,6 +212,13 @@ func watchFile(ctx context.Context, path string, tr *tracker, i int) {
 		last = fi
 		tr.update(i, at, fileState(entries))
 	}
+}
+
+// sameVersion reports whether fi describes the file last did: written by
+// rename, a new version is a new file, and one rewritten in place has
+// another time or size.
+func sameVersion(fi, last os.FileInfo) bool {
+	return last != nil && os.SameFile(fi, last) && fi.ModTime().Equal(last.ModTime()) && fi.Size() == last.Size()
 }
 
 // measurePropagation runs the adapter (defaults) and the built-in SD, tuned

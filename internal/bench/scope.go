@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/adapterproc"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
 
@@ -46,6 +47,15 @@ func (s *scope) proxy(target string) (*faultproxy.Proxy, error) {
 	}
 	s.cleanup(p.Close)
 	return p, nil
+}
+
+// daemon has the scope stop an adapter that started.
+func (s *scope) daemon(d *adapterproc.Adapter, err error) (*adapterproc.Adapter, error) {
+	if err != nil {
+		return nil, err
+	}
+	s.cleanup(func() { d.Stop() })
+	return d, nil
 }
 
 // close runs the cleanups, last added first.
