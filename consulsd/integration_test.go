@@ -617,12 +617,7 @@ func TestStaleAnswersSettle(t *testing.T) {
 	// A follower stops applying writes: stale reads of web get what it
 	// had, reads without ?stale (the leader's) the truth.
 	const path = "/v1/health/service/web"
-	proxy.Set(path, faultproxy.Lagging)
-	resp, err := http.Get(proxy.URL + path + "?stale")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	lagFrom(t, proxy, path)
 	web.Port = 81
 	agent.RegisterInstance(t, web)
 
@@ -657,12 +652,7 @@ func TestLaggingServerTakesNothingBack(t *testing.T) {
 
 	// The lagging server keeps web as it was with port 80.
 	const path = "/v1/health/service/web"
-	proxy.Set(path, faultproxy.Lagging)
-	resp, err := http.Get(proxy.URL + path + "?stale")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	lagFrom(t, proxy, path)
 	web.Port = 81
 	agent.RegisterInstance(t, web)
 	refresh(t, d)
@@ -687,4 +677,16 @@ func TestLaggingServerTakesNothingBack(t *testing.T) {
 	if n := counterSum(t, reg, "consul_sd_adapter_consul_behind_answers_total", ""); n != 1 {
 		t.Errorf("consul_behind_answers_total = %v, want 1", n)
 	}
+}
+
+// lagFrom makes the proxy answer stale reads of path as a follower that
+// stopped applying writes now: from the answer it gets for them now.
+func lagFrom(t *testing.T, proxy *faultproxy.Proxy, path string) {
+	t.Helper()
+	proxy.Set(path, faultproxy.Lagging)
+	resp, err := http.Get(proxy.URL + path + "?stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }
