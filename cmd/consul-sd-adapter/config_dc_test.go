@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
+	"github.com/consul-sd-adapter/consul-sd-adapter/internal/faultproxy"
 )
 
 // TestConfigDatacenters runs two real datacenters federated over the WAN:
@@ -86,4 +87,38 @@ func TestConfigDatacenters(t *testing.T) {
 	}
 	fed.DC2.RegisterInstance(t, inst("b2", "10.2.0.2"))
 	waitAll("dc2's change once it is back", "10.1.0.1:80,10.1.0.2:80,10.2.0.1:80,10.2.0.2:80")
+}
+
+// TestConfigDatacentersComeAndGo: a block of every datacenter follows the
+// agent's list as it changes. The proxy in front of the agent first lists
+// dc1 alone, then both, then dc2 alone: dc2's targets join the file, and
+// dc1's leave it with its metrics.
+func TestConfigDatacentersComeAndGo(t *testing.T) {
+	fed := consultest.StartFederation(t)
+	fed.DC1.RegisterInstance(t, consultest.Instance{Node: "a1", NodeAddress: "10.1.0.1", Service: "web", Port: 80})
+	fed.DC2.RegisterInstance(t, consultest.Instance{Node: "b1", NodeAddress: "10.2.0.1", Service: "web", Port: 80})
+	proxy := faultproxy.Start(t, fed.DC1.Addr)
+	const list = "/v1/catalog/datacenters"
+	proxy.Set(list, faultproxy.Answer(http.StatusOK, `["dc1"]`))
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, fmt.Sprintf(`discovery_configs:
+  - name: every
+    file: every.json
+    consul_sd_configs: [{server: %q, datacenter: "*", services: [web], refresh_interval: 1s}]
+`, proxy.Addr))
+	out := filepath.Join(dir, "every.json")
+	d := startDaemon(t, nil, "--config.file="+cfg)
+	eventually(t, "dc1 alone", func() bool { return addresses(t, out) == "10.1.0.1:80" })
+
+	proxy.Clear(list)
+	eventually(t, "dc2 joining", func() bool { return addresses(t, out) == "10.1.0.1:80,10.2.0.1:80" })
+
+	proxy.Set(list, faultproxy.Answer(http.StatusOK, `["dc2"]`))
+	eventually(t, "dc1 leaving", func() bool { return addresses(t, out) == "10.2.0.1:80" })
+	if v := d.metric(`consul_sd_adapter_targets{block="0/dc1",entry="every"}`); v != -1 {
+		t.Errorf("dc1's targets gauge = %v after it left the list, want it gone", v)
+	}
+	if v := d.metric(`consul_sd_adapter_targets{block="0/dc2",entry="every"}`); v != 1 {
+		t.Errorf("dc2's targets gauge = %v, want 1", v)
+	}
 }

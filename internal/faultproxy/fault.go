@@ -73,6 +73,10 @@ var (
 	Lagging = Fault{kind: kindLagging}
 )
 
+// Answer answers with code and body instead of the agent, as a server
+// that says something else would: a list of datacenters without one.
+func Answer(code int, body string) Fault { return statusFault(code, body) }
+
 func statusFault(code int, body string) Fault {
 	return Fault{kind: kindStatus, status: code, body: body}
 }
