@@ -75,8 +75,11 @@ func TestConfigFile(t *testing.T) {
         services: [web]
 `, agent.Addr)+steady)
 	d := startDaemon(t, nil, "--config.file="+cfgPath, "--web.enable-lifecycle")
-	eventually(t, "every entry's file", func() bool {
-		return addresses(t, webFile) == "10.0.0.1:80" &&
+	// Ready once every entry's file is written; a file can show a moment
+	// before its entry counts as written.
+	eventually(t, "every entry's file, and ready", func() bool {
+		code, _ := d.get("/-/ready")
+		return code == http.StatusOK && addresses(t, webFile) == "10.0.0.1:80" &&
 			addresses(t, mixFile) == "10.0.0.1:80,10.0.0.2:80,10.0.0.3:5432" &&
 			addresses(t, dbFile) == "10.0.0.3:5432"
 	})
