@@ -100,7 +100,7 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Adapter, er
 
 // Unregister takes the output's metrics out of the registry it was given,
 // when a reload removes its entry.
-func (a *Adapter) Unregister() { a.metrics.unregister(a.reg) }
+func (a *Adapter) Unregister() { a.metrics.registered.Unregister() }
 
 // Path returns the output file.
 func (a *Adapter) Path() string { return a.path }

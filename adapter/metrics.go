@@ -1,8 +1,6 @@
 package adapter
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/promreg"
@@ -13,6 +11,8 @@ type metrics struct {
 	writeFailures   prometheus.Counter
 	dirSyncFailures prometheus.Counter
 	lastWrite       prometheus.Gauge
+	// registered is every collector above, to take them out together.
+	registered *promreg.Set
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,13 +38,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:      "Unix time of the last successful write of the output file.",
 		}),
 	}
-	err := errors.Join(promreg.Register(reg, &m.writes), promreg.Register(reg, &m.writeFailures),
-		promreg.Register(reg, &m.dirSyncFailures), promreg.Register(reg, &m.lastWrite))
-	return m, err
-}
-
-func (m *metrics) unregister(reg prometheus.Registerer) {
-	for _, c := range []prometheus.Collector{m.writes, m.writeFailures, m.dirSyncFailures, m.lastWrite} {
-		reg.Unregister(c)
-	}
+	m.registered = promreg.NewSet(reg)
+	promreg.Register(m.registered, &m.writes)
+	promreg.Register(m.registered, &m.writeFailures)
+	promreg.Register(m.registered, &m.dirSyncFailures)
+	promreg.Register(m.registered, &m.lastWrite)
+	return m, m.registered.Err()
 }

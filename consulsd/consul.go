@@ -175,7 +175,6 @@ type Discovery struct {
 	cfg                Config
 	logger             log.Logger
 	metrics            *metrics
-	reg                prometheus.Registerer
 
 	// What the last successful round saw, so that the next one can tell
 	// whether anything changed and which services have gone. Only Refresh
@@ -206,7 +205,7 @@ type Discovery struct {
 
 // Unregister takes the Discovery's metrics out of the registry it was
 // given, when a reload removes its block.
-func (d *Discovery) Unregister() { d.metrics.unregister(d.reg) }
+func (d *Discovery) Unregister() { d.metrics.registered.Unregister() }
 
 // Status returns how the latest rounds went. Safe for concurrent use.
 func (d *Discovery) Status() Status { return d.status.get() }
@@ -274,7 +273,7 @@ func New(cfg Config, logger log.Logger, reg prometheus.Registerer) (*Discovery, 
 	if err != nil {
 		return nil, err
 	}
-	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, reg: reg, sent: map[string]struct{}{}, warned: map[string]bool{}}
+	d := &Discovery{client: client, watchClient: watchClient, cfg: cfg, logger: logger, metrics: m, sent: map[string]struct{}{}, warned: map[string]bool{}}
 	if cfg.Watch && cfg.WatchMode == WatchServices {
 		// Kept alive: HTTP/2 carries every service's query on a few
 		// connections. After an agent restart the list watch, on its

@@ -603,28 +603,13 @@ func TestFailedRoundForcesFullRound(t *testing.T) {
 // so the file reaches the truth one refresh interval after the catalog went
 // quiet, whichever server answered.
 func TestStaleAnswersSettle(t *testing.T) {
-	agent := consultest.Start(t)
-	proxy := faultproxy.Start(t, agent.Addr)
-	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
-	agent.RegisterInstance(t, web)
-	d, _ := newDiscovery(t, proxy.Addr, nil)
-	port := func(groups map[string]*targetgroup.Group) string {
-		return string(byNode(groups["web"])["n1"]["__meta_consul_service_port"])
-	}
-	refresh(t, d) // the start, read with stale reads
-	refresh(t, d) // settles it
+	lw := startLaggingWeb(t)
+	d, proxy, path := lw.d, lw.proxy, lw.path
 
-	// A follower stops applying writes: stale reads of web get what it
-	// had, reads without ?stale (the leader's) the truth.
-	const path = "/v1/health/service/web"
-	lagFrom(t, proxy, path)
-	web.Port = 81
-	agent.RegisterInstance(t, web)
-
-	if got := port(refresh(t, d)); got != "80" {
+	if got := webPort(refresh(t, d)); got != "80" {
 		t.Fatalf("round after the change saw port %s: the lagging answer was not used, so this test tests nothing", got)
 	}
-	if got := port(refresh(t, d)); got != "81" {
+	if got := webPort(refresh(t, d)); got != "81" {
 		t.Errorf("the quiet round after the change left port %s, want the leader's 81", got)
 	}
 	before := proxy.Requests(path)
@@ -639,24 +624,10 @@ func TestStaleAnswersSettle(t *testing.T) {
 // answers a later round with stale reads. Its answer would take the change
 // back; the round is read again from the leader instead, and counted.
 func TestLaggingServerTakesNothingBack(t *testing.T) {
-	agent := consultest.Start(t)
-	proxy := faultproxy.Start(t, agent.Addr)
-	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
-	agent.RegisterInstance(t, web)
-	d, reg := newDiscovery(t, proxy.Addr, nil)
-	port := func(groups map[string]*targetgroup.Group) string {
-		return string(byNode(groups["web"])["n1"]["__meta_consul_service_port"])
-	}
+	lw := startLaggingWeb(t)
+	agent, proxy, d, reg, path := lw.agent, lw.proxy, lw.d, lw.reg, lw.path
 	refresh(t, d)
-	refresh(t, d)
-
-	// The lagging server keeps web as it was with port 80.
-	const path = "/v1/health/service/web"
-	lagFrom(t, proxy, path)
-	web.Port = 81
-	agent.RegisterInstance(t, web)
-	refresh(t, d)
-	if got := port(refresh(t, d)); got != "81" {
+	if got := webPort(refresh(t, d)); got != "81" {
 		t.Fatalf("the settling round left port %s, want the leader's 81", got)
 	}
 
@@ -665,7 +636,7 @@ func TestLaggingServerTakesNothingBack(t *testing.T) {
 	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
 	leaderReads := proxy.Requests(path)
 	groups := refresh(t, d)
-	if got := port(groups); got != "81" {
+	if got := webPort(groups); got != "81" {
 		t.Errorf("a round with web's answer from a lagging server wrote port %s, want 81", got)
 	}
 	if _, ok := groups["db"]; !ok {
@@ -679,14 +650,43 @@ func TestLaggingServerTakesNothingBack(t *testing.T) {
 	}
 }
 
-// lagFrom makes the proxy answer stale reads of path as a follower that
-// stopped applying writes now: from the answer it gets for them now.
-func lagFrom(t *testing.T, proxy *faultproxy.Proxy, path string) {
+// laggingWeb is an agent behind a fault proxy, with a service web on n1
+// whose port went from 80 to 81 after a follower stopped applying writes:
+// stale reads of web (path) get port 80, reads without ?stale (the
+// leader's) 81. d is a Discovery through the proxy that read web before,
+// settled (its first round, with stale reads, and the quiet one after).
+type laggingWeb struct {
+	agent *consultest.Agent
+	proxy *faultproxy.Proxy
+	d     *consulsd.Discovery
+	reg   *prometheus.Registry
+	path  string
+}
+
+func startLaggingWeb(t *testing.T) laggingWeb {
 	t.Helper()
+	agent := consultest.Start(t)
+	proxy := faultproxy.Start(t, agent.Addr)
+	web := consultest.Instance{Node: "n1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web)
+	d, reg := newDiscovery(t, proxy.Addr, nil)
+	refresh(t, d)
+	refresh(t, d)
+
+	const path = "/v1/health/service/web"
 	proxy.Set(path, faultproxy.Lagging)
+	// The proxy keeps the answer to the first stale read from now on.
 	resp, err := http.Get(proxy.URL + path + "?stale")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	web.Port = 81
+	agent.RegisterInstance(t, web)
+	return laggingWeb{agent: agent, proxy: proxy, d: d, reg: reg, path: path}
+}
+
+// webPort is the port of web's instance on n1.
+func webPort(groups map[string]*targetgroup.Group) string {
+	return string(byNode(groups["web"])["n1"]["__meta_consul_service_port"])
 }

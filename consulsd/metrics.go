@@ -44,6 +44,8 @@ type metrics struct {
 	servicesNotFound prometheus.Gauge
 	unknownLeader    prometheus.Counter
 	behindAnswers    prometheus.Counter
+	// registered is every collector above, to take them out together.
+	registered *promreg.Set
 	// maxContact is the largest X-Consul-LastContact, in milliseconds, of
 	// the answers since the last flushStaleness.
 	maxContact atomic.Int64
@@ -120,22 +122,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter, reasonNoLeader} {
 		m.failures.WithLabelValues(r)
 	}
-	err := errors.Join(
-		promreg.Register(reg, &m.refreshDuration), promreg.Register(reg, &m.refreshes), promreg.Register(reg, &m.failures),
-		promreg.Register(reg, &m.lastSuccess), promreg.Register(reg, &m.services), promreg.Register(reg, &m.targets),
-		promreg.Register(reg, &m.requestDuration), promreg.Register(reg, &m.blockingQueries), promreg.Register(reg, &m.lastContact),
-		promreg.Register(reg, &m.unknownLeader), promreg.Register(reg, &m.behindAnswers), promreg.Register(reg, &m.servicesNotFound),
-	)
-	return m, err
-}
-
-func (m *metrics) unregister(reg prometheus.Registerer) {
-	for _, c := range []prometheus.Collector{
-		m.refreshDuration, m.refreshes, m.failures, m.lastSuccess, m.services, m.targets, m.requestDuration,
-		m.blockingQueries, m.lastContact, m.unknownLeader, m.behindAnswers, m.servicesNotFound,
-	} {
-		reg.Unregister(c)
-	}
+	m.registered = promreg.NewSet(reg)
+	promreg.Register(m.registered, &m.refreshDuration)
+	promreg.Register(m.registered, &m.refreshes)
+	promreg.Register(m.registered, &m.failures)
+	promreg.Register(m.registered, &m.lastSuccess)
+	promreg.Register(m.registered, &m.services)
+	promreg.Register(m.registered, &m.targets)
+	promreg.Register(m.registered, &m.requestDuration)
+	promreg.Register(m.registered, &m.blockingQueries)
+	promreg.Register(m.registered, &m.lastContact)
+	promreg.Register(m.registered, &m.unknownLeader)
+	promreg.Register(m.registered, &m.behindAnswers)
+	promreg.Register(m.registered, &m.servicesNotFound)
+	return m, m.registered.Err()
 }
 
 // failureReason sorts an error from the Consul client into a reason label.

@@ -49,11 +49,18 @@ func givenFlags(app *kingpin.Application, args []string) []string {
 	return given
 }
 
+// statusPath is where an entry's status page is served, under its name.
+const statusPath = "/status/"
+
 // configRun is what --config.file runs on: the entries of the file and
 // their outputs. A reload swaps in a new one whole.
 type configRun struct {
 	cfg     *sdconfig.Config
 	outputs map[string]*adapter.Adapter
+	// pages are the entries' status pages, made once with their output:
+	// each keeps an index of the services it shows, which a page made per
+	// request would rebuild from every group each time.
+	pages map[string]http.Handler
 }
 
 // configDaemon runs the entries of a configuration file, and reloads it.
@@ -97,14 +104,14 @@ func (c *configDaemon) load() (*configRun, error) {
 	if err := c.env.Check(cfg); err != nil {
 		return nil, err
 	}
-	old := map[string]*adapter.Adapter{}
+	old := &configRun{}
 	if cur := c.current.Load(); cur != nil {
-		old = cur.outputs
+		old = cur
 	}
-	run := &configRun{cfg: cfg, outputs: map[string]*adapter.Adapter{}}
+	run := &configRun{cfg: cfg, outputs: map[string]*adapter.Adapter{}, pages: map[string]http.Handler{}}
 	for _, e := range cfg.Entries {
-		if a := old[e.Name]; a != nil && a.Path() == e.File {
-			run.outputs[e.Name] = a
+		if a := old.outputs[e.Name]; a != nil && a.Path() == e.File {
+			run.outputs[e.Name], run.pages[e.Name] = a, old.pages[e.Name]
 			continue
 		}
 		if err := adapter.CheckWritable(e.File); err != nil {
@@ -117,6 +124,8 @@ func (c *configDaemon) load() (*configRun, error) {
 			return nil, fmt.Errorf("discovery_configs %q: %w", e.Name, err)
 		}
 		run.outputs[e.Name] = a
+		status := func() consulsd.Status { return c.status(e.Name) }
+		run.pages[e.Name] = entryStatusHandler(statusPath+e.Name, status, a, e.File, httpSDPath+"/"+e.Name)
 	}
 	return run, nil
 }
@@ -220,21 +229,19 @@ func (c *configDaemon) handler(lifecycle bool) http.Handler {
 		}
 		a.HTTPSDHandler().ServeHTTP(w, r)
 	})
-	mux.HandleFunc("/status/{name}", func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		a := c.current.Load().outputs[name]
-		if a == nil {
+	mux.HandleFunc(statusPath+"{name}", func(w http.ResponseWriter, r *http.Request) {
+		page := c.current.Load().pages[r.PathValue("name")]
+		if page == nil {
 			c.notFound(w)
 			return
 		}
-		status := func() consulsd.Status { return c.status(name) }
-		entryStatusHandler(r.URL.Path, status, a, a.Path(), httpSDPath+"/"+name).ServeHTTP(w, r)
+		page.ServeHTTP(w, r)
 	})
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, "<!DOCTYPE html><title>%s</title><h1>%s</h1><ul>", programName, programName)
 		for _, name := range c.names() {
-			fmt.Fprintf(w, `<li>%[1]s: <a href="/status/%[1]s">status</a>, <a href="%[2]s/%[1]s">targets</a></li>`, name, httpSDPath)
+			fmt.Fprintf(w, `<li>%[1]s: <a href="%[3]s%[1]s">status</a>, <a href="%[2]s/%[1]s">targets</a></li>`, name, httpSDPath, statusPath)
 		}
 		fmt.Fprint(w, "</ul>")
 	})

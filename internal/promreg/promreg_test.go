@@ -13,13 +13,23 @@ func TestRegisterCarriesOn(t *testing.T) {
 	newCounter := func() prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "writes_total", Help: "Writes."})
 	}
+	register := func(c any) error {
+		s := NewSet(wrapped)
+		switch c := c.(type) {
+		case *prometheus.Counter:
+			Register(s, c)
+		case *prometheus.Gauge:
+			Register(s, c)
+		}
+		return s.Err()
+	}
 	first := newCounter()
-	if err := Register(wrapped, &first); err != nil {
+	if err := register(&first); err != nil {
 		t.Fatal(err)
 	}
 	first.Inc()
 	second := newCounter()
-	if err := Register(wrapped, &second); err != nil {
+	if err := register(&second); err != nil {
 		t.Fatal(err)
 	}
 	second.Inc()
@@ -28,7 +38,7 @@ func TestRegisterCarriesOn(t *testing.T) {
 	}
 
 	other := prometheus.NewGauge(prometheus.GaugeOpts{Name: "writes_total", Help: "Writes."})
-	if err := Register(wrapped, &other); err == nil {
+	if err := register(&other); err == nil {
 		t.Error("a collector of another type under the same name was accepted")
 	}
 }
