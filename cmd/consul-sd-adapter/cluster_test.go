@@ -87,19 +87,14 @@ func TestClusterFailover(t *testing.T) {
 			leader := clusterLeader(t, c)
 			fs[0].Kill()
 			leader.Kill()
-			return func() {
-				startAgain(t, fs[0])
-				startAgain(t, leader)
-			}
+			return func() { startAgain(t, fs[0], leader) }
 		}},
 		{"every server stopped, the client agent left running", func(t *testing.T) func() {
 			for _, s := range c.Servers {
 				s.Stop()
 			}
 			return func() {
-				for _, s := range c.Servers {
-					go s.Start() //nolint:errcheck // checked below: they need each other to elect
-				}
+				startAgain(t, c.Servers...)
 				clusterLeader(t, c)
 			}
 		}},
@@ -161,9 +156,9 @@ func clusterFollowers(t *testing.T, c *consultest.Cluster) []*consultest.Agent {
 	return fs
 }
 
-func startAgain(t *testing.T, a *consultest.Agent) {
+func startAgain(t *testing.T, agents ...*consultest.Agent) {
 	t.Helper()
-	if err := a.Start(); err != nil {
+	if err := consultest.StartTogether(agents...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -198,12 +193,16 @@ func waitForClusterTruth(t *testing.T, c *consultest.Cluster, path, what string)
 // fileGuard reads files over and over while faults run, and fails the test
 // if a version does not decode or lacks an instance of the stable service.
 type fileGuard struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop    chan struct{}
+	stopped sync.Once
+	wg      sync.WaitGroup
 }
 
 func guardFiles(t *testing.T, files map[string]string, stable string) *fileGuard {
 	g := &fileGuard{stop: make(chan struct{})}
+	// A test that fails half-way must not leave readers of a removed
+	// directory behind: they would report its files as missing.
+	t.Cleanup(g.end)
 	for mode, path := range files {
 		g.wg.Go(func() {
 			for {
@@ -234,7 +233,7 @@ func guardFiles(t *testing.T, files map[string]string, stable string) *fileGuard
 }
 
 func (g *fileGuard) end() {
-	close(g.stop)
+	g.stopped.Do(func() { close(g.stop) })
 	g.wg.Wait()
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -209,4 +210,19 @@ func (a *Agent) Start() error {
 		return fmt.Errorf("starting %s again: %w\nlog tail (%s):\n%s", a.Node, err, a.logPath, a.logTailSince(offset, 30))
 	}
 	return nil
+}
+
+// StartTogether starts stopped servers at the same time, as an operator
+// brings a cluster back, and waits until each is ready. Started one after
+// the other, a server that needs the others' votes could wait on a peer
+// that is still down: Raft may refuse its pre-vote for a stale log while
+// the server with the newer log cannot reach it yet.
+func StartTogether(agents ...*Agent) error {
+	errs := make([]error, len(agents))
+	var wg sync.WaitGroup
+	for i, a := range agents {
+		wg.Go(func() { errs[i] = a.Start() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
