@@ -184,6 +184,7 @@ type Discovery struct {
 	// in the snapshot: an answer below it comes from a server behind.
 	serviceIndexes map[string]uint64
 	wentBackwards  bool // in the last round, the leader's indexes were below the ones before
+	confirming     bool // the round reads from the leader with consistent reads
 	// resync makes the next round query every service, whatever the
 	// indexes say. It is set when Consul may have lost or replaced its
 	// state (a failed round, a failed watch): a restarted agent can come
@@ -193,9 +194,15 @@ type Discovery struct {
 	// the indexes last moved: the next quiet round reads it again from
 	// the leader.
 	unsettled bool
-	snapshot  []*targetgroup.Group
-	sent      map[string]struct{}
-	targets   int
+	// loc holds the bulk answers of the last round, when rounds are
+	// located (see locate.go); nil until a full round read them.
+	loc *locator
+	// verifyBy is when a full round is owed after a located round saw the
+	// services index move; zero when none is.
+	verifyBy time.Time
+	snapshot []*targetgroup.Group
+	sent     map[string]struct{}
+	targets  int
 
 	status statusRecorder
 	// warned holds the allow-listed names Consul lacks that were warned
@@ -410,7 +417,7 @@ func newClient(cfg Config, m *metrics, tokens *tokenFile, conns int, keepAlive b
 		conf.TokenFile, conf.Token = "", ""
 		httpClient.Transport = &tokenTransport{next: httpClient.Transport, tokens: tokens}
 	}
-	httpClient.Transport = &instrumentedTransport{next: &limitTransport{next: httpClient.Transport, slots: cfg.InFlight}, metrics: m, prefix: conf.PathPrefix}
+	httpClient.Transport = &sinkTransport{next: &instrumentedTransport{next: &limitTransport{next: httpClient.Transport, slots: cfg.InFlight}, metrics: m, prefix: conf.PathPrefix}}
 	conf.HttpClient = httpClient
 
 	client, err := api.NewClient(conf)
@@ -539,7 +546,12 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 		// dev agent), and that is the truth now.
 		d.metrics.behindAnswers.Inc()
 		level.Debug(d.logger).Log("msg", "A lagging server answered; reading the round again from the leader", "err", err)
+		// A consistent read: a leader just elected serves what it has
+		// applied, which can be far behind its log until its first
+		// commit, and it refuses consistent reads until then.
+		d.confirming = true
 		groups, changed, err = d.round(ctx, false, resync)
+		d.confirming = false
 	}
 	return groups, changed, err
 }
@@ -547,7 +559,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 // round reads the catalog once: with stale reads (any server answers) it
 // fails with errBehind rather than take back what a round before applied.
 func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgroup.Group, bool, error) {
-	names, servicesIndex, err := d.listServices(ctx, stale)
+	names, listed, servicesIndex, err := d.listServices(ctx, stale)
 	if err != nil {
 		return nil, false, fmt.Errorf("listing services: %w", err)
 	}
@@ -563,30 +575,64 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		}
 		d.wentBackwards = true
 	}
+	now := time.Now()
 	settle := false
-	if !resync {
+	var loc *located
+	if !resync && !d.wentBackwards {
+		quiet := d.snapshot != nil && state == d.state
 		switch {
-		case d.snapshot != nil && state == d.state && !d.unsettled:
+		case quiet && !d.unsettled && !d.verifyDue(now):
+			d.metrics.rounds.WithLabelValues(roundQuiet).Inc()
 			return d.snapshot, false, nil // nothing changed: a round of three requests
-		case d.snapshot != nil && state == d.state:
+		case quiet && d.unsettled:
 			// The catalog went quiet after a change read with stale
 			// reads. The server that answered the services may have lagged
 			// the one that gave the indexes, and then no index would move
 			// again to show it: read every service once from the leader.
 			settle = true
+		case quiet:
+			// A located round owes a full one (see verifyDue).
 		case d.healthOnly(state):
 			groups, changed, err := d.healthRound(ctx, state, stale)
-			d.unsettled = d.unsettled || (err == nil && stale)
+			if err == nil {
+				d.unsettled = d.unsettled || stale
+				d.metrics.rounds.WithLabelValues(roundHealth).Inc()
+			}
 			return groups, changed, err
+		case d.loc != nil && !d.verifyDue(now):
+			if loc, err = d.locate(ctx, listed, state, stale); err != nil {
+				return nil, false, err
+			}
 		}
 	}
 	stale = stale && !settle
+
+	var base *locator
+	switch {
+	case loc != nil && (len(loc.dirty) > 0 || state.services == d.state.services):
+		// A located round.
+	case loc != nil:
+		// Only the services table moved, and no list shows why: a change
+		// of an instance that touched neither its checks, its tags nor its
+		// node. Every service is queried; the lists just read stand.
+		base, state, loc = &loc.next, loc.state, nil
+	case d.locates():
+		if base, state, err = d.baseline(ctx, listed, state, stale); err != nil {
+			return nil, false, err
+		}
+	}
 
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
 	indexes := make([]uint64, len(names))
 	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
 	g.SetLimit(d.cfg.MaxConcurrency)
 	for i, name := range names {
+		if loc != nil && !loc.dirty[name] {
+			if prev := d.previousGroup(name); prev != nil {
+				groups[i], indexes[i] = prev, d.serviceIndexes[name]
+				continue
+			}
+		}
 		g.Go(func() error {
 			entries, index, err := d.serviceInstances(gctx, name, stale)
 			if err != nil {
@@ -613,6 +659,17 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		targets += len(groups[i].Targets)
 		changed = changed || groups[i] != d.snapshot[i]
 	}
+	switch {
+	case loc != nil:
+		if state.services != d.state.services && d.verifyBy.IsZero() {
+			d.verifyBy = now.Add(d.cfg.RefreshInterval)
+		}
+		d.loc, state = &loc.next, loc.state
+		d.metrics.rounds.WithLabelValues(roundLocated).Inc()
+	default:
+		d.loc, d.verifyBy = base, time.Time{}
+		d.metrics.rounds.WithLabelValues(roundFull).Inc()
+	}
 	d.state, d.snapshot, d.serviceIndexes = state, groups[:len(names):len(names)], serviceIndexes
 	// The Manager keeps a group until it gets an empty one with its source.
 	for name := range d.sent {
@@ -629,28 +686,55 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 	return groups, changed, nil
 }
 
-// listServices returns the sorted names of the services to query, and the
-// index of the services table.
-func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uint64, error) {
+// locates reports whether rounds compare Consul's bulk answers to query
+// only the services that changed: in the tables watch. The per-service
+// watch knows that already, and a one-off refresh has nothing to compare.
+func (d *Discovery) locates() bool {
+	return d.cfg.Watch && d.serviceWatchClient == nil
+}
+
+// previousGroup returns the snapshot's group of a service, or nil.
+func (d *Discovery) previousGroup(name string) *targetgroup.Group {
+	i, found := slices.BinarySearchFunc(d.snapshot, name, func(g *targetgroup.Group, name string) int {
+		return strings.Compare(g.Source, name)
+	})
+	if !found {
+		return nil
+	}
+	return d.snapshot[i]
+}
+
+// listServices returns the sorted names of the services to query, with a
+// hash of each one's tags when rounds are located, and the index of the
+// services table.
+func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, map[string]uint64, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.listOptions(ctx)
 	opts.AllowStale = stale
+	opts.RequireConsistent = d.confirming
 	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
-		return nil, 0, d.catalogFilterRejected(err)
+		return nil, nil, 0, d.catalogFilterRejected(err)
 	}
 	// An empty list means the token may read none of it, or that a server
 	// answered which has not yet replayed its log.
 	if d.emptyMeansACL(services, meta) {
 		if stale && meta.LastIndex < d.state.services {
-			return nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
+			return nil, nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
 		}
-		return nil, 0, errACLFiltered
+		return nil, nil, 0, errACLFiltered
 	}
 	names := d.wantedNames(services)
 	sort.Strings(names)
-	return names, meta.LastIndex, nil
+	var listed map[string]uint64
+	if d.locates() {
+		listed = make(map[string]uint64, len(names))
+		for _, name := range names {
+			listed[name] = tagsHash(services[name])
+		}
+	}
+	return names, listed, meta.LastIndex, nil
 }
 
 // emptyMeansACL reports whether a service list is empty because Consul hid
@@ -712,6 +796,7 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string, stale boo
 	defer cancel()
 	opts := d.serviceOptions(ctx)
 	opts.AllowStale = stale
+	opts.RequireConsistent = d.confirming
 	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
 	if err != nil {
 		return nil, 0, d.filterRejected(err)
@@ -776,11 +861,8 @@ func (d *Discovery) serviceOptions(ctx context.Context) *api.QueryOptions {
 // when the snapshot is only read.
 func (d *Discovery) roundGroup(name string, entries []*api.ServiceEntry) *targetgroup.Group {
 	instances := instanceLabels(entries, d.cfg.TagSeparator)
-	i, found := slices.BinarySearchFunc(d.snapshot, name, func(g *targetgroup.Group, name string) int {
-		return strings.Compare(g.Source, name)
-	})
-	if found && holds(d.snapshot[i], instances) {
-		return d.snapshot[i]
+	if prev := d.previousGroup(name); prev != nil && holds(prev, instances) {
+		return prev
 	}
 	return groupOf(name, instances)
 }

@@ -39,6 +39,7 @@ func (d *Discovery) healthRound(ctx context.Context, state catalogState, stale b
 	defer cancel()
 	opts := d.queryOptions(rctx)
 	opts.AllowStale = stale
+	opts.RequireConsistent = d.confirming
 	opts.Filter = notPassing
 	checks, meta, err := d.client.Health().State(api.HealthAny, opts)
 	if err != nil {

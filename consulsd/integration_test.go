@@ -259,23 +259,29 @@ func TestFaultsFailTheRound(t *testing.T) {
 // failures reads consul_sd_adapter_refresh_failures_total{reason=...}.
 func failures(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
+	return labeledCounter(t, reg, "consul_sd_adapter_refresh_failures_total", "reason", reason)
+}
+
+// labeledCounter reads the series of a counter whose label is value.
+func labeledCounter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "consul_sd_adapter_refresh_failures_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	t.Fatalf("no failure counter for reason %q", reason)
+	t.Fatalf("no series %s{%s=%q}", name, label, value)
 	return 0
 }
 
@@ -631,16 +637,16 @@ func TestLaggingServerTakesNothingBack(t *testing.T) {
 		t.Fatalf("the settling round left port %s, want the leader's 81", got)
 	}
 
-	// Another service moves the catalog's indexes: the next round reads
-	// every service again, and web from the lagging server.
-	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "db", Port: 5432})
+	// A new instance of web moves the catalog's indexes and web's checks:
+	// the next round queries web again, from the lagging server.
+	agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "web", Port: 82})
 	leaderReads := proxy.Requests(path)
 	groups := refresh(t, d)
 	if got := webPort(groups); got != "81" {
 		t.Errorf("a round with web's answer from a lagging server wrote port %s, want 81", got)
 	}
-	if _, ok := groups["db"]; !ok {
-		t.Errorf("the round read again from the leader lacks the new service db: %v", groups)
+	if _, ok := byNode(groups["web"])["n2"]; !ok {
+		t.Errorf("the round read again from the leader lacks web's new instance on n2: %v", groups["web"])
 	}
 	if n := proxy.Requests(path) - leaderReads; n != 2 {
 		t.Errorf("web was queried %d times in the round, want 2: once stale, once from the leader", n)

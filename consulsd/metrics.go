@@ -31,6 +31,14 @@ const (
 	reasonNoLeader   = "no_leader"   // the server that answered knew of no leader
 )
 
+// Round kinds, the values of the "kind" label of rounds_total.
+const (
+	roundQuiet   = "quiet"
+	roundHealth  = "health"
+	roundLocated = "located"
+	roundFull    = "full"
+)
+
 type metrics struct {
 	refreshDuration  prometheus.Histogram
 	refreshes        *prometheus.CounterVec
@@ -44,6 +52,7 @@ type metrics struct {
 	servicesNotFound prometheus.Gauge
 	unknownLeader    prometheus.Counter
 	behindAnswers    prometheus.Counter
+	rounds           *prometheus.CounterVec
 	// registered is every collector above, to take them out together.
 	registered *promreg.Set
 	// maxContact is the largest X-Consul-LastContact, in milliseconds, of
@@ -110,6 +119,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name:      "consul_behind_answers_total",
 			Help:      "Answers from a Consul server behind what the targets already held (restarted, catching up), which were not applied: the round or the service list was read again from the leader, a service's watch waited for the server to catch up.",
 		}),
+		rounds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "rounds_total",
+			Help:      "Successful rounds of the tables watch and the ticker by what they queried: quiet (no index moved), health (the checks that are not passing), located (the services the bulk answers pointed at), full (every service).",
+		}, []string{"kind"}),
 		blockingQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "consul_blocking_queries_total",
@@ -121,6 +135,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, r := range []string{reasonTimeout, reasonHTTPStatus, reasonDecode, reasonConnection, reasonACL, reasonFilter, reasonNoLeader} {
 		m.failures.WithLabelValues(r)
+	}
+	for _, k := range []string{roundQuiet, roundHealth, roundLocated, roundFull} {
+		m.rounds.WithLabelValues(k)
 	}
 	m.registered = promreg.NewSet(reg)
 	promreg.Register(m.registered, &m.refreshDuration)
@@ -135,6 +152,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	promreg.Register(m.registered, &m.unknownLeader)
 	promreg.Register(m.registered, &m.behindAnswers)
 	promreg.Register(m.registered, &m.servicesNotFound)
+	promreg.Register(m.registered, &m.rounds)
 	return m, m.registered.Err()
 }
 

@@ -283,7 +283,9 @@ func (d *Discovery) lostState(ctx context.Context, seen uint64) bool {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(ctx)
-	opts.AllowStale = false
+	// Consistent: a leader just elected, its log not yet applied, answers
+	// other reads with an old state, and refuses these until it has.
+	opts.AllowStale, opts.RequireConsistent = false, true
 	_, meta, err := d.watchClient.Catalog().Services(opts)
 	return err == nil && meta.LastIndex < seen
 }

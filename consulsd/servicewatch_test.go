@@ -441,3 +441,59 @@ func TestServiceWatchRestartBeforeFirstAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestNewLeaderTakesNothingBack: a server just elected leader serves reads
+// from what it has applied, which after every server restarted can be far
+// behind its log, and refuses consistent reads until it has caught up. An
+// answer below what the targets hold is confirmed with a consistent read
+// before it counts as Consul having lost state; until then nothing is
+// taken back, in either watch mode.
+func TestNewLeaderTakesNothingBack(t *testing.T) {
+	for _, mode := range []string{consulsd.WatchTables, consulsd.WatchServices} {
+		t.Run(mode, func(t *testing.T) {
+			agent := consultest.Start(t)
+			proxy := faultproxy.StartTLS(t, agent.Addr)
+			web := consultest.Instance{Node: "n1", Service: "web", Port: 80, Health: "passing"}
+			agent.RegisterInstance(t, web)
+			const list = "/v1/catalog/services"
+			proxy.Keep(list) // what the new leader will have applied: web alone
+			agent.RegisterInstance(t, consultest.Instance{Node: "n2", Service: "cache", Port: 6379, Health: "passing"})
+
+			d, reg := newDiscovery(t, proxy.URL, func(c *consulsd.Config) {
+				c.WatchMode = mode
+				c.InsecureSkipVerify = true
+				c.RefreshInterval = time.Hour // the watch drives every round
+			})
+			f := follow(t, d)
+			seenCache, lost := false, false
+			watchCache := func(g map[string]*targetgroup.Group) {
+				has := g["cache"] != nil && len(g["cache"].Targets) == 1
+				seenCache = seenCache || has
+				lost = lost || (seenCache && !has)
+			}
+			f.until(t, "web and cache", func(g map[string]*targetgroup.Group) bool {
+				watchCache(g)
+				return seenCache && g["web"] != nil
+			})
+
+			proxy.Set(list, faultproxy.NewLeader)
+			// A change wakes the list's blocking query; every read of the
+			// list after it gets the new leader's old answer.
+			before := proxy.Requests(list)
+			agent.RegisterInstance(t, consultest.Instance{Node: "n3", Service: "web", Port: 80, Health: "passing"})
+			waitFor(t, "reads of the list from the new leader", func() bool { return proxy.Requests(list) >= before+4 })
+			proxy.ClearAll()
+			agent.SetHealth(t, web, "critical")
+			f.until(t, "web's health flip once the leader caught up", func(g map[string]*targetgroup.Group) bool {
+				watchCache(g)
+				return label(g["web"], "n1", "__meta_consul_health") == "critical"
+			})
+			if lost {
+				t.Error("the new leader's old answer took cache out of the targets")
+			}
+			if n := counterSum(t, reg, "consul_sd_adapter_consul_behind_answers_total", ""); n < 1 {
+				t.Errorf("consul_behind_answers_total = %v, want at least 1", n)
+			}
+		})
+	}
+}

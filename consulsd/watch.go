@@ -69,6 +69,7 @@ func (d *Discovery) readState(ctx context.Context, servicesIndex uint64, stale b
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 		opts := d.queryOptions(rctx)
 		opts.AllowStale = stale
+		opts.RequireConsistent = d.confirming
 		meta, err := q.query(opts)
 		cancel()
 		if err != nil {

@@ -158,6 +158,11 @@ func run(args []string) int {
 		}
 	}
 
+	if *once {
+		// One round: no watch to start, and no earlier answers for a
+		// round to compare with (so nothing to read for a next one).
+		cfg.Watch = false
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),

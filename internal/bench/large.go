@@ -103,8 +103,9 @@ func measureLargeDaemon(ctx context.Context, sc *scope, bin *adapterBin, a *cons
 		if err != nil {
 			return err
 		}
-		// A new tag on one instance moves the services index: the next
-		// round queries every service.
+		// A new tag on one instance moves the services index: over HTTP
+		// the next round compares the service list, checks and nodes with
+		// the last round's (each read whole) and queries that service.
 		_, reg := cat.instance(r, 0)
 		reg.Service.Tags = append(reg.Service.Tags, fmt.Sprintf("bench-round-%d", r))
 		if _, err := a.Client.Catalog().Register(reg, nil); err != nil {

@@ -75,7 +75,8 @@ func TestPrometheusKeepsTargetsWhileConsulFails(t *testing.T) {
 
 	const failures = `consul_sd_adapter_refreshes_total{result="failure"}`
 	failed := s.adapter.metric(t, failures)
-	proxy.Set("/v1/health/service/"+db.Service, faultproxy.Status500)
+	// Every round starts with the service list.
+	proxy.Set("/v1/catalog/services", faultproxy.Status500)
 	for _, inst := range web {
 		agent.DeregisterNode(t, inst.Node)
 	}

@@ -57,14 +57,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	checkPage(t, page, insts)
 
-	// Then db's query fails. A round whose indexes did not move skips the
-	// per-service queries, so a catalog change is needed for the fault to
-	// be hit: a new service, which must not show up, since no round after
-	// it succeeds.
+	// Then db's query fails. A round queries only the services whose
+	// instances changed, so db must change for the fault to be hit: a new
+	// instance of it, which must not show up, since no round after it
+	// succeeds.
 	const failures = `consul_sd_adapter_refreshes_total{result="failure"}`
 	failed := adapter.metric(t, failures)
 	proxy.Set("/v1/health/service/db", faultproxy.Status500)
-	agent.RegisterInstance(t, consultest.Instance{Node: "node-d", NodeAddress: "127.0.0.14", Service: "cache", ID: "cache-1", Port: 6379})
+	agent.RegisterInstance(t, consultest.Instance{Node: "node-d", NodeAddress: "127.0.0.14", Service: "db", ID: "db-2", Port: 6379})
 	// Two failures: the status the page shows is recorded after the
 	// counter, and a second failed round means the first one's is in.
 	waitFor(t, "two failed refreshes", func() (bool, string) {
@@ -83,7 +83,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if page.LastSuccess == "" || strings.HasPrefix(page.LastSuccess, "never") {
 		t.Errorf("#last-success: %q, want the time of the last successful refresh", page.LastSuccess)
 	}
-	checkPage(t, page, insts) // the last successful refresh's, without cache
+	checkPage(t, page, insts) // the last successful refresh's, without db-2
 }
 
 // TestStatusPagePagingInBrowser: with more services than one page shows,

@@ -31,6 +31,7 @@ const (
 	kindDelay
 	kindLagging
 	kindDropQuery
+	kindNewLeader
 )
 
 // The bodies mimic Consul's, which are plain text that clients such as
@@ -71,6 +72,12 @@ var (
 	// path gets the kept answer, whatever its query and index. Reads
 	// without ?stale, which the leader answers, pass through.
 	Lagging = Fault{kind: kindLagging}
+	// NewLeader answers as a server just elected leader that has not yet
+	// applied its log: every read without ?consistent, stale or not, gets
+	// the answer kept for the path (see Proxy.Keep; else the first such
+	// read's), and consistent reads get 500 "Not ready to serve consistent
+	// reads", as Consul refuses them until the leader has caught up.
+	NewLeader = Fault{kind: kindNewLeader}
 )
 
 // Answer answers with code and body instead of the agent, as a server
@@ -121,6 +128,8 @@ func (f Fault) String() string {
 		return "Lagging"
 	case kindDropQuery:
 		return fmt.Sprintf("DropQuery(%s)", strings.Join(f.params, ","))
+	case kindNewLeader:
+		return "NewLeader"
 	}
 	return fmt.Sprintf("Fault(%d)", f.kind)
 }

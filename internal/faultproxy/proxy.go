@@ -44,7 +44,7 @@ type Proxy struct {
 	gzip   int // requests that accepted a gzipped answer
 	conns  int // client connections open now
 	peak   int // most client connections open at once
-	// kept holds Lagging's answers by path.
+	// kept holds the answers Lagging and NewLeader serve, by path.
 	kept map[string]*httptest.ResponseRecorder
 	// seen holds the last MaxSeen requests, a ring from next on once full.
 	seen []Request
@@ -308,6 +308,14 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 	case kindLagging:
 		p.lag(w, r)
+	case kindNewLeader:
+		if r.URL.Query().Has("consistent") {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusInternalServerError)
+			io.WriteString(w, "Not ready to serve consistent reads")
+			return
+		}
+		p.serveKept(w, r)
 	case kindDropQuery:
 		u := *r.URL
 		q := u.Query()
@@ -333,6 +341,23 @@ func (p *Proxy) lag(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
+	p.serveKept(w, r)
+}
+
+// Keep reads path from the agent now and keeps the answer, for Lagging and
+// NewLeader to serve once set: the state of a server left behind from
+// here on.
+func (p *Proxy) Keep(path string) {
+	rec := httptest.NewRecorder()
+	p.rp.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.kept[path] = rec
+}
+
+// serveKept answers with the answer kept for the request's path, keeping
+// this request's if there is none yet.
+func (p *Proxy) serveKept(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	kept := p.kept[r.URL.Path]
 	p.mu.Unlock()

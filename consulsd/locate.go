@@ -1,0 +1,312 @@
+package consulsd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"net/http"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/prometheus/discovery/targetgroup"
+)
+
+// The tables watch says that the catalog changed, not where. Querying every
+// service to find out cost a full round per change: at 2,000 services over
+// plain HTTP, about a thousand requests. Three bulk answers that Consul
+// gives in one request each say where most changes are:
+//
+//   - the service list (/v1/catalog/services): services that came, went or
+//     changed their tags;
+//   - every health check (/v1/health/state/any) with its ModifyIndex and
+//     service: instances registered or deregistered with checks, health,
+//     maintenance;
+//   - every node (/v1/catalog/nodes) with its ModifyIndex: node addresses
+//     and meta, nodes that came or went.
+//
+// A round then queries only the services these point at. What none of them
+// shows is a change to an instance that touches neither its checks, its
+// tags nor its node: a new port, address or meta, or an instance without
+// checks registered or removed. Such a change still moves the services
+// table's index; when that move is all a round sees, it queries every
+// service. When it coincides with a change the lists do show, the located
+// round cannot tell, so after any located round that saw the services index
+// move, a full round follows within one refresh interval.
+
+// locator holds the bulk answers of the last round, to compare with the
+// next one's.
+type locator struct {
+	// tags holds a hash of each listed service's tags.
+	tags map[string]uint64
+	// checks holds each check's ModifyIndex and owner, by a hash of its
+	// identity.
+	checks map[uint64]checkMark
+	// nodes holds each node's ModifyIndex, by a hash of its identity.
+	nodes map[uint64]nodeMark
+}
+
+// checkMark is what a check's change says: the service whose instance it
+// belongs to, or for a node's own check the node.
+type checkMark struct {
+	modify  uint64
+	service string
+	node    string // only for a node's own checks
+}
+
+type nodeMark struct {
+	modify uint64
+	node   string
+}
+
+func (m checkMark) modifyIndex() uint64 { return m.modify }
+func (m nodeMark) modifyIndex() uint64  { return m.modify }
+
+// compare calls changed with every entry of next that is new or was
+// modified since prev, and every entry of prev that is gone.
+func compare[M interface{ modifyIndex() uint64 }](prev, next map[uint64]M, changed func(M)) {
+	for k, m := range next {
+		if old, ok := prev[k]; !ok || old.modifyIndex() != m.modifyIndex() {
+			changed(m)
+		}
+	}
+	for k, old := range prev {
+		if _, ok := next[k]; !ok {
+			changed(old)
+		}
+	}
+}
+
+// checkEntry and nodeEntry are the fields of the bulk answers the locator
+// reads: decoding only these keeps a list of 100,000 checks a few
+// megabytes instead of a hundred.
+type checkEntry struct {
+	Node, CheckID, ServiceName, Namespace, Partition string
+	ModifyIndex                                      uint64
+}
+
+type nodeEntry struct {
+	Node, Partition string
+	ModifyIndex     uint64
+}
+
+var identitySeed = maphash.MakeSeed()
+
+// identity hashes parts that name one thing; NUL cannot occur in Consul's
+// names, so different parts never give the same string.
+func identity(parts ...string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(identitySeed)
+	for _, p := range parts {
+		h.WriteString(p)
+		h.WriteByte(0)
+	}
+	return h.Sum64()
+}
+
+// tagsHash hashes a service's tags in any order: Consul lists the union of
+// its instances' tags in no fixed one.
+func tagsHash(tags []string) uint64 {
+	sorted := slices.Clone(tags)
+	slices.Sort(sorted)
+	return identity(sorted...)
+}
+
+// readChecks reads every check, and its index; with stale reads it fails
+// with errBehind on a list older than the one the targets hold.
+func (d *Discovery) readChecks(ctx context.Context, stale bool) (map[uint64]checkMark, uint64, error) {
+	checks := map[uint64]checkMark{}
+	index, err := d.bulkQuery(ctx, "/v1/health/state/any", stale, func(dec *json.Decoder) error {
+		var c checkEntry
+		if err := dec.Decode(&c); err != nil {
+			return err
+		}
+		m := checkMark{modify: c.ModifyIndex, service: c.ServiceName}
+		if c.ServiceName == "" {
+			m.node = c.Node
+		}
+		checks[identity(c.Partition, c.Namespace, c.Node, c.CheckID)] = m
+		return nil
+	})
+	if err == nil && stale && index < d.state.checks {
+		err = fmt.Errorf("at index %d, below %d: %w", index, d.state.checks, errBehind)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading health checks: %w", err)
+	}
+	return checks, index, nil
+}
+
+// readNodes reads every node, and its index, as readChecks does checks.
+func (d *Discovery) readNodes(ctx context.Context, stale bool) (map[uint64]nodeMark, uint64, error) {
+	nodes := map[uint64]nodeMark{}
+	index, err := d.bulkQuery(ctx, "/v1/catalog/nodes", stale, func(dec *json.Decoder) error {
+		var n nodeEntry
+		if err := dec.Decode(&n); err != nil {
+			return err
+		}
+		nodes[identity(n.Partition, n.Node)] = nodeMark{modify: n.ModifyIndex, node: n.Node}
+		return nil
+	})
+	if err == nil && stale && index < d.state.nodes {
+		err = fmt.Errorf("at index %d, below %d: %w", index, d.state.nodes, errBehind)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading nodes: %w", err)
+	}
+	return nodes, index, nil
+}
+
+// bulkQuery reads a list from Consul, handing each element to each as it
+// arrives, and returns the list's index. At 100,000 checks the list is
+// 40 MB of JSON: decoded whole, as Consul's client does, it would double
+// the adapter's memory for a moment on every change.
+func (d *Discovery) bulkQuery(ctx context.Context, path string, stale bool, each func(*json.Decoder) error) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+	defer cancel()
+	opts := d.queryOptions(context.WithValue(ctx, bodySinkKey{}, bodySink(func(r io.Reader) error {
+		return eachElement(r, each)
+	})))
+	opts.AllowStale = stale
+	opts.RequireConsistent = d.confirming
+	var none []struct{}
+	meta, err := d.client.Raw().Query(path, &none, opts)
+	if err != nil {
+		return 0, err
+	}
+	return meta.LastIndex, nil
+}
+
+// eachElement calls each for every element of the JSON array in r, with
+// the decoder positioned at it.
+func eachElement(r io.Reader, each func(*json.Decoder) error) error {
+	dec := json.NewDecoder(r)
+	if tok, err := dec.Token(); err != nil {
+		return err
+	} else if tok != json.Delim('[') {
+		return &json.UnmarshalTypeError{Value: fmt.Sprint(tok), Type: reflect.TypeFor[[]any]()}
+	}
+	for dec.More() {
+		if err := each(dec); err != nil {
+			return err
+		}
+	}
+	_, err := dec.Token() // the closing bracket
+	return err
+}
+
+// bodySink, set on a request's context, consumes the body of a successful
+// answer as it arrives. Consul's client takes the rest of the answer (its
+// status, its index and other headers) as it is, and an empty list for
+// body.
+type bodySink func(io.Reader) error
+
+type bodySinkKey struct{}
+
+// sinkTransport hands the bodies of requests with a bodySink to it.
+type sinkTransport struct{ next http.RoundTripper }
+
+func (t *sinkTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(r)
+	sink, ok := r.Context().Value(bodySinkKey{}).(bodySink)
+	if err != nil || !ok || resp.StatusCode != http.StatusOK {
+		return resp, err
+	}
+	err = sink(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader("[]")), 2
+	return resp, nil
+}
+
+// located is what a located round found.
+type located struct {
+	next  locator
+	state catalogState
+	dirty map[string]bool
+}
+
+// locate compares the bulk answers that moved since the last round with
+// the ones held, and returns the services whose instances may have
+// changed. listed holds the tags hash of every service listed now.
+func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state catalogState, stale bool) (*located, error) {
+	l := &located{next: *d.loc, state: state, dirty: map[string]bool{}}
+	l.next.tags = listed
+	for name, tags := range listed {
+		if old, ok := d.loc.tags[name]; !ok || old != tags {
+			l.dirty[name] = true
+		}
+	}
+	dirtyNodes := map[string]bool{}
+	if state.checks != d.state.checks {
+		checks, index, err := d.readChecks(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		mark := func(m checkMark) {
+			if m.service != "" {
+				l.dirty[m.service] = true
+			} else {
+				dirtyNodes[m.node] = true
+			}
+		}
+		compare(d.loc.checks, checks, mark)
+		l.next.checks, l.state.checks = checks, index
+	}
+	if state.nodes != d.state.nodes {
+		nodes, index, err := d.readNodes(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		compare(d.loc.nodes, nodes, func(n nodeMark) { dirtyNodes[n.node] = true })
+		l.next.nodes, l.state.nodes = nodes, index
+	}
+	if len(dirtyNodes) > 0 {
+		for _, g := range d.snapshot {
+			if onNodes(g, dirtyNodes) {
+				l.dirty[g.Source] = true
+			}
+		}
+	}
+	return l, nil
+}
+
+// onNodes reports whether any target of g is on one of nodes.
+func onNodes(g *targetgroup.Group, nodes map[string]bool) bool {
+	if node, ok := g.Labels[nodeLabel]; ok {
+		return nodes[string(node)]
+	}
+	for _, t := range g.Targets {
+		if nodes[string(t[nodeLabel])] {
+			return true
+		}
+	}
+	return false
+}
+
+// baseline reads the bulk answers a full round leaves for the next round
+// to compare with. They are read before the services are queried, so that
+// a change during the round shows in the next comparison.
+func (d *Discovery) baseline(ctx context.Context, listed map[string]uint64, state catalogState, stale bool) (*locator, catalogState, error) {
+	checks, checksIndex, err := d.readChecks(ctx, stale)
+	if err != nil {
+		return nil, state, err
+	}
+	nodes, nodesIndex, err := d.readNodes(ctx, stale)
+	if err != nil {
+		return nil, state, err
+	}
+	state.checks, state.nodes = checksIndex, nodesIndex
+	return &locator{tags: listed, checks: checks, nodes: nodes}, state, nil
+}
+
+// verifyDue reports whether a full round is owed: a located round saw the
+// services index move a refresh interval ago or more.
+func (d *Discovery) verifyDue(now time.Time) bool {
+	return !d.verifyBy.IsZero() && !now.Before(d.verifyBy)
+}
