@@ -10,9 +10,11 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/prometheus/discovery/targetgroup"
+	"golang.org/x/sync/errgroup"
 )
 
 // The tables watch says that the catalog changed, not where. Querying every
@@ -28,7 +30,9 @@ import (
 //   - every node (/v1/catalog/nodes) with its ModifyIndex: node addresses
 //     and meta, nodes that came or went.
 //
-// A round then queries only the services these point at. What none of them
+// A round then queries only the services these point at: for a node, the
+// services with an instance on it (with a filter on nodes, also those it
+// left out, which the node's own list of services names). What none of them
 // shows is a change to an instance that touches neither its checks, its
 // tags nor its node: a new port, address or meta, or an instance without
 // checks registered or removed. Such a change still moves the services
@@ -272,8 +276,46 @@ func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state 
 				l.dirty[g.Source] = true
 			}
 		}
+		if d.cfg.Filter != "" || len(d.cfg.NodeMeta) > 0 {
+			// A filter on nodes may have left out an instance that a
+			// node's change lets in: it is in no group, so ask each
+			// node what it runs.
+			if err := d.servicesOnNodes(ctx, dirtyNodes, stale, l.dirty); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return l, nil
+}
+
+// servicesOnNodes adds the services registered on nodes to dirty.
+func (d *Discovery) servicesOnNodes(ctx context.Context, nodes map[string]bool, stale bool, dirty map[string]bool) error {
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(d.cfg.MaxConcurrency)
+	for node := range nodes {
+		g.Go(func() error {
+			rctx, cancel := context.WithTimeout(gctx, d.cfg.RequestTimeout)
+			defer cancel()
+			opts := d.queryOptions(rctx)
+			opts.AllowStale = stale
+			opts.RequireConsistent = d.confirming
+			list, _, err := d.client.Catalog().NodeServiceList(node, opts)
+			if err != nil {
+				return fmt.Errorf("reading the services of node %q: %w", node, err)
+			}
+			if list == nil {
+				return nil // the node is gone
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, svc := range list.Services {
+				dirty[svc.Service] = true
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // onNodes reports whether any target of g is on one of nodes.

@@ -94,12 +94,23 @@ func TestLocatedRoundsQueryOnlyWhatChanged(t *testing.T) {
 			agent.RegisterInstance(t, consultest.Instance{Node: "node-0", NodeMeta: map[string]string{"rack": "r1"}, Service: "new", Port: 7000})
 		}, 1, "located"},
 		{"a removed service", func() { agent.DeregisterInstance(t, "node-0", "new") }, 0, "located"},
+		{"a node address change", func() {
+			moved.NodeAddress = "10.1.1.1"
+			agent.RegisterInstance(t, moved)
+		}, 3, "located"},
+		{"maintenance on", func() { setMaintenance(t, agent, "node-2", "svc-06", true) }, 0, "health"},
+		{"maintenance off", func() { setMaintenance(t, agent, "node-2", "svc-06", false) }, 0, "health"},
 		{"a node check failing", func() { agent.SetNodeHealth(t, "node-2", "critical") }, 0, "health"},
 		{"a service check failing", func() { agent.SetHealth(t, all[7], "critical") }, 0, "health"},
+		// No list shows these two.
 		{"a port change", func() {
 			all[9].Port = 9999
 			agent.RegisterInstance(t, all[9])
-		}, 12, "full"}, // no list shows it
+		}, 12, "full"},
+		{"a service meta change", func() {
+			all[10].Meta = map[string]string{"version": "2"}
+			agent.RegisterInstance(t, all[10])
+		}, 12, "full"},
 	}
 	for _, step := range steps {
 		step.change()
@@ -147,5 +158,39 @@ func TestLocatedRoundOwesAFullOne(t *testing.T) {
 	}
 	if rounds(t, reg, "full") != fullBefore+1 {
 		t.Errorf("full rounds went from %v to %v, want one more", fullBefore, rounds(t, reg, "full"))
+	}
+}
+
+// TestLocatedRoundSeesWhatAFilterLetsIn: with a filter on nodes, an
+// instance left out is in no group; when its node changes so that the
+// filter lets it in, the round still finds its service, by asking the node.
+func TestLocatedRoundSeesWhatAFilterLetsIn(t *testing.T) {
+	agent := consultest.Start(t)
+	all := locatedCatalog(t, agent)
+	d, reg := newDiscovery(t, agent.Addr, func(c *consulsd.Config) {
+		c.AllowStale = false
+		c.RefreshInterval = time.Hour
+		c.Filter = `Node.Meta.rack == "r1"`
+	})
+	for range 3 {
+		refresh(t, d)
+	}
+	moved := all[4] // svc-04 on node-1, with svc-03 and svc-05
+	moved.NodeMeta = map[string]string{"rack": "r2"}
+	agent.RegisterInstance(t, moved)
+	if groups := refresh(t, d); len(groups["svc-04"].Targets) != 0 {
+		t.Fatalf("the filter let in svc-04 on a node of rack r2: %v", groups["svc-04"])
+	}
+	located := rounds(t, reg, "located")
+	moved.NodeMeta = map[string]string{"rack": "r1"}
+	agent.RegisterInstance(t, moved)
+	groups := refresh(t, d)
+	if rounds(t, reg, "located") != located+1 {
+		t.Fatal("the node's change took no located round: this test tests nothing")
+	}
+	for _, name := range []string{"svc-03", "svc-04", "svc-05"} {
+		if len(groups[name].Targets) != 1 {
+			t.Errorf("%s has %d targets after node-1 came back to rack r1, want 1", name, len(groups[name].Targets))
+		}
 	}
 }
