@@ -194,6 +194,10 @@ type Discovery struct {
 	// the indexes last moved: the next quiet round reads it again from
 	// the leader.
 	unsettled bool
+	// settleOnly, when not nil, holds the only services read with stale
+	// reads since (by located and health rounds): the settling round
+	// reads just these. Nil while unsettled means every service.
+	settleOnly map[string]bool
 	// loc holds the bulk answers of the last round, when rounds are
 	// located (see locate.go); nil until a full round read them.
 	loc *locator
@@ -588,14 +592,26 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			// The catalog went quiet after a change read with stale
 			// reads. The server that answered the services may have lagged
 			// the one that gave the indexes, and then no index would move
-			// again to show it: read every service once from the leader.
+			// again to show it: read those services once from the leader.
+			// (The bulk answers carry their own indexes: one from a server
+			// behind shows as a moved index in the next round.)
 			settle = true
+			if d.settleOnly != nil && d.loc != nil {
+				loc = &located{next: *d.loc, state: state, dirty: d.settleOnly}
+			}
 		case quiet:
 			// A located round owes a full one (see verifyDue).
 		case d.healthOnly(state):
+			before := d.snapshot
 			groups, changed, err := d.healthRound(ctx, state, stale)
 			if err == nil {
-				d.unsettled = d.unsettled || stale
+				var touched []string
+				for i, g := range groups {
+					if g != before[i] {
+						touched = append(touched, g.Source)
+					}
+				}
+				d.noteRead(touched, stale, false)
 				d.metrics.rounds.WithLabelValues(roundHealth).Inc()
 			}
 			return groups, changed, err
@@ -626,6 +642,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 	indexes := make([]uint64, len(names))
 	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
 	g.SetLimit(d.cfg.MaxConcurrency)
+	var queried []string
 	for i, name := range names {
 		if loc != nil && !loc.dirty[name] {
 			if prev := d.previousGroup(name); prev != nil {
@@ -633,6 +650,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 				continue
 			}
 		}
+		queried = append(queried, name)
 		g.Go(func() error {
 			entries, index, err := d.serviceInstances(gctx, name, stale)
 			if err != nil {
@@ -680,10 +698,37 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 	}
 	d.sent = current
 	d.targets = targets
-	d.unsettled = stale
+	d.noteRead(queried, stale, loc == nil)
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
 	return groups, changed, nil
+}
+
+// noteRead records which services a round read, and how, for the settling
+// round: a full round read every service, a located or health round only
+// those given.
+func (d *Discovery) noteRead(services []string, stale, full bool) {
+	switch {
+	case full:
+		d.unsettled, d.settleOnly = stale, nil
+	case stale:
+		if !d.unsettled {
+			d.unsettled, d.settleOnly = true, map[string]bool{}
+		}
+		if d.settleOnly != nil {
+			for _, name := range services {
+				d.settleOnly[name] = true
+			}
+		}
+	case d.unsettled && d.settleOnly != nil:
+		// Read again from the leader: settled.
+		for _, name := range services {
+			delete(d.settleOnly, name)
+		}
+		if len(d.settleOnly) == 0 {
+			d.unsettled, d.settleOnly = false, nil
+		}
+	}
 }
 
 // locates reports whether rounds compare Consul's bulk answers to query

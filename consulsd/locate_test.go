@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/discovery/targetgroup"
 
 	"github.com/consul-sd-adapter/consul-sd-adapter/consulsd"
 	"github.com/consul-sd-adapter/consul-sd-adapter/internal/consultest"
@@ -192,5 +193,42 @@ func TestLocatedRoundSeesWhatAFilterLetsIn(t *testing.T) {
 		if len(groups[name].Targets) != 1 {
 			t.Errorf("%s has %d targets after node-1 came back to rack r1, want 1", name, len(groups[name].Targets))
 		}
+	}
+}
+
+// TestLocatedRoundSettles: a located round read a changed service from a
+// server behind the change, with stale reads. The settling round reads that
+// service, and only that one, again from the leader.
+func TestLocatedRoundSettles(t *testing.T) {
+	agent := consultest.Start(t)
+	all := locatedCatalog(t, agent)
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	for range 3 {
+		refresh(t, d)
+	}
+	web := all[1] // svc-01
+	const path = "/v1/health/service/svc-01"
+	proxy.Set(path, faultproxy.Lagging)
+	proxy.Keep(path) // the lagging server's svc-01: before the change
+	web.Tags = []string{"a", "b"}
+	agent.RegisterInstance(t, web)
+
+	tags := func(groups map[string]*targetgroup.Group) string {
+		return label(groups["svc-01"], "node-0", "__meta_consul_tags")
+	}
+	located := rounds(t, reg, "located")
+	if got := tags(refresh(t, d)); got != ",a," {
+		t.Fatalf("the located round read tags %q: the lagging answer was not used, so this test tests nothing", got)
+	}
+	if rounds(t, reg, "located") != located+1 {
+		t.Fatal("the change took no located round: this test tests nothing")
+	}
+	before := serviceQueries(proxy, "svc-00", "svc-01", "svc-02", "svc-03")
+	if got := tags(refresh(t, d)); got != ",a,b," {
+		t.Errorf("the settling round left tags %q, want the leader's ,a,b,", got)
+	}
+	if n := serviceQueries(proxy, "svc-00", "svc-01", "svc-02", "svc-03") - before; n != 1 {
+		t.Errorf("the settling round made %d queries of svc-00…03, want 1 (svc-01's)", n)
 	}
 }
