@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,19 +47,21 @@ import (
 type locator struct {
 	// tags holds a hash of each listed service's tags.
 	tags map[string]uint64
-	// checks holds each check's ModifyIndex and owner, by a hash of its
-	// identity.
-	checks map[uint64]checkMark
+	// checks holds, for each service and each node with checks of its
+	// own, a digest of its checks' identities and ModifyIndexes: a check
+	// added, removed or modified changes its owner's digest. A digest per
+	// owner rather than an entry per check: at 100,000 checks the
+	// difference is ten megabytes held for good.
+	checks map[checkOwner]uint64
 	// nodes holds each node's ModifyIndex, by a hash of its identity.
 	nodes map[uint64]nodeMark
 }
 
-// checkMark is what a check's change says: the service whose instance it
-// belongs to, or for a node's own check the node.
-type checkMark struct {
-	modify  uint64
-	service string
-	node    string // only for a node's own checks
+// checkOwner is what a check belongs to: a service (by the hash of its
+// name), or for a node's own check, the node.
+type checkOwner struct {
+	service uint64 // identity(name); 0 for a node's own check
+	node    string // only for a node's own check
 }
 
 type nodeMark struct {
@@ -66,20 +69,17 @@ type nodeMark struct {
 	node   string
 }
 
-func (m checkMark) modifyIndex() uint64 { return m.modify }
-func (m nodeMark) modifyIndex() uint64  { return m.modify }
-
-// compare calls changed with every entry of next that is new or was
-// modified since prev, and every entry of prev that is gone.
-func compare[M interface{ modifyIndex() uint64 }](prev, next map[uint64]M, changed func(M)) {
-	for k, m := range next {
-		if old, ok := prev[k]; !ok || old.modifyIndex() != m.modifyIndex() {
-			changed(m)
+// compare calls changed with the key of every entry of next that is new
+// or differs from prev's, and of every entry of prev that is gone.
+func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V)) {
+	for k, v := range next {
+		if old, ok := prev[k]; !ok || old != v {
+			changed(k, v)
 		}
 	}
 	for k, old := range prev {
 		if _, ok := next[k]; !ok {
-			changed(old)
+			changed(k, old)
 		}
 	}
 }
@@ -121,18 +121,19 @@ func tagsHash(tags []string) uint64 {
 
 // readChecks reads every check, and its index; with stale reads it fails
 // with errBehind on a list older than the one the targets hold.
-func (d *Discovery) readChecks(ctx context.Context, stale bool) (map[uint64]checkMark, uint64, error) {
-	checks := map[uint64]checkMark{}
+func (d *Discovery) readChecks(ctx context.Context, stale bool) (map[checkOwner]uint64, uint64, error) {
+	checks := map[checkOwner]uint64{}
 	index, err := d.bulkQuery(ctx, "/v1/health/state/any", stale, func(dec *json.Decoder) error {
 		var c checkEntry
 		if err := dec.Decode(&c); err != nil {
 			return err
 		}
-		m := checkMark{modify: c.ModifyIndex, service: c.ServiceName}
-		if c.ServiceName == "" {
-			m.node = c.Node
+		owner := checkOwner{node: c.Node}
+		if c.ServiceName != "" {
+			owner = checkOwner{service: identity(c.ServiceName)}
 		}
-		checks[identity(c.Partition, c.Namespace, c.Node, c.CheckID)] = m
+		// A sum, so that the order of the list does not matter.
+		checks[owner] += identity(c.Partition, c.Namespace, c.Node, c.CheckID, strconv.FormatUint(c.ModifyIndex, 10))
 		return nil
 	})
 	if err == nil && stale && index < d.state.checks {
@@ -246,20 +247,32 @@ func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state 
 			l.dirty[name] = true
 		}
 	}
+	for name := range d.loc.tags {
+		if _, ok := listed[name]; !ok {
+			l.dirty[name] = true // gone: nothing to query, but it explains the move
+		}
+	}
 	dirtyNodes := map[string]bool{}
 	if state.checks != d.state.checks {
 		checks, index, err := d.readChecks(ctx, stale)
 		if err != nil {
 			return nil, err
 		}
-		mark := func(m checkMark) {
-			if m.service != "" {
-				l.dirty[m.service] = true
+		dirtyServices := map[uint64]bool{}
+		compare(d.loc.checks, checks, func(o checkOwner, _ uint64) {
+			if o.service != 0 {
+				dirtyServices[o.service] = true
 			} else {
-				dirtyNodes[m.node] = true
+				dirtyNodes[o.node] = true
+			}
+		})
+		if len(dirtyServices) > 0 {
+			for name := range listed {
+				if dirtyServices[identity(name)] {
+					l.dirty[name] = true
+				}
 			}
 		}
-		compare(d.loc.checks, checks, mark)
 		l.next.checks, l.state.checks = checks, index
 	}
 	if state.nodes != d.state.nodes {
@@ -267,7 +280,7 @@ func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state 
 		if err != nil {
 			return nil, err
 		}
-		compare(d.loc.nodes, nodes, func(n nodeMark) { dirtyNodes[n.node] = true })
+		compare(d.loc.nodes, nodes, func(_ uint64, n nodeMark) { dirtyNodes[n.node] = true })
 		l.next.nodes, l.state.nodes = nodes, index
 	}
 	if len(dirtyNodes) > 0 {
