@@ -85,8 +85,8 @@ func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V))
 }
 
 // checkEntry and nodeEntry are the fields of the bulk answers the locator
-// reads: decoding only these keeps a list of 100,000 checks a few
-// megabytes instead of a hundred.
+// reads, one element at a time (see bulkQuery): Consul sends every field of
+// a check, and 100,000 of them decoded whole would take a hundred megabytes.
 type checkEntry struct {
 	Node, CheckID, ServiceName, Namespace, Partition string
 	ModifyIndex                                      uint64
