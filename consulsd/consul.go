@@ -563,7 +563,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 // round reads the catalog once: with stale reads (any server answers) it
 // fails with errBehind rather than take back what a round before applied.
 func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgroup.Group, bool, error) {
-	names, listed, servicesIndex, err := d.listServices(ctx, stale)
+	names, services, servicesIndex, err := d.listServices(ctx, stale)
 	if err != nil {
 		return nil, false, fmt.Errorf("listing services: %w", err)
 	}
@@ -616,7 +616,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			}
 			return groups, changed, err
 		case d.loc != nil && !d.verifyDue(now):
-			if loc, err = d.locate(ctx, listed, state, stale); err != nil {
+			if loc, err = d.locate(ctx, tagHashes(names, services), state, stale); err != nil {
 				return nil, false, err
 			}
 		}
@@ -633,7 +633,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		// node. Every service is queried; the lists just read stand.
 		base, state, loc = &loc.next, loc.state, nil
 	case d.locates():
-		if base, state, err = d.baseline(ctx, listed, state, stale); err != nil {
+		if base, state, err = d.baseline(ctx, tagHashes(names, services), state, stale); err != nil {
 			return nil, false, err
 		}
 	}
@@ -749,15 +749,14 @@ func (d *Discovery) previousGroup(name string) *targetgroup.Group {
 	return d.snapshot[i]
 }
 
-// listServices returns the sorted names of the services to query, with a
-// hash of each one's tags when rounds are located, and the index of the
-// services table.
-func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, map[string]uint64, uint64, error) {
+// listServices returns the sorted names of the services to query, the
+// list as Consul gave it (names and tags), and the index of the services
+// table.
+func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, map[string][]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.listOptions(ctx)
-	opts.AllowStale = stale
-	opts.RequireConsistent = d.confirming
+	d.readAs(opts, stale)
 	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
 		return nil, nil, 0, d.catalogFilterRejected(err)
@@ -772,14 +771,7 @@ func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, map
 	}
 	names := d.wantedNames(services)
 	sort.Strings(names)
-	var listed map[string]uint64
-	if d.locates() {
-		listed = make(map[string]uint64, len(names))
-		for _, name := range names {
-			listed[name] = tagsHash(services[name])
-		}
-	}
-	return names, listed, meta.LastIndex, nil
+	return names, services, meta.LastIndex, nil
 }
 
 // emptyMeansACL reports whether a service list is empty because Consul hid
@@ -840,8 +832,7 @@ func (d *Discovery) serviceInstances(ctx context.Context, name string, stale boo
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.serviceOptions(ctx)
-	opts.AllowStale = stale
-	opts.RequireConsistent = d.confirming
+	d.readAs(opts, stale)
 	entries, meta, err := d.client.Health().ServiceMultipleTags(name, d.cfg.Tags, false, opts)
 	if err != nil {
 		return nil, 0, d.filterRejected(err)
@@ -877,6 +868,14 @@ func filterRejected(err error, filter, name string) error {
 // query for each returns both, and every instance would be listed twice.
 func registeredAs(name string, entries []*api.ServiceEntry) []*api.ServiceEntry {
 	return slices.DeleteFunc(entries, func(e *api.ServiceEntry) bool { return e.Service.Service != name })
+}
+
+// readAs makes opts a round's read: from any server with stale reads,
+// else from the leader, with consistent reads while the round confirms
+// an answer that was behind (see refresh).
+func (d *Discovery) readAs(opts *api.QueryOptions, stale bool) {
+	opts.AllowStale = stale
+	opts.RequireConsistent = !stale && d.confirming
 }
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {

@@ -38,8 +38,7 @@ func (d *Discovery) healthRound(ctx context.Context, state catalogState, stale b
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(rctx)
-	opts.AllowStale = stale
-	opts.RequireConsistent = d.confirming
+	d.readAs(opts, stale)
 	opts.Filter = notPassing
 	checks, meta, err := d.client.Health().State(api.HealthAny, opts)
 	if err != nil {

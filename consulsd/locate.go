@@ -85,7 +85,7 @@ func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V))
 }
 
 // checkEntry and nodeEntry are the fields of the bulk answers the locator
-// reads, one element at a time (see bulkQuery): Consul sends every field of
+// reads, one element at a time (see readList): Consul sends every field of
 // a check, and 100,000 of them decoded whole would take a hundred megabytes.
 type checkEntry struct {
 	Node, CheckID, ServiceName, Namespace, Partition string
@@ -111,76 +111,69 @@ func identity(parts ...string) uint64 {
 	return h.Sum64()
 }
 
-// tagsHash hashes a service's tags in any order: Consul lists the union of
-// its instances' tags in no fixed one.
-func tagsHash(tags []string) uint64 {
-	sorted := slices.Clone(tags)
-	slices.Sort(sorted)
-	return identity(sorted...)
+// tagHashes hashes each named service's tags from Consul's service list,
+// in any order: Consul lists the union of its instances' tags in no fixed
+// one. Only rounds that compare lists need them, not quiet ones.
+func tagHashes(names []string, services map[string][]string) map[string]uint64 {
+	hashes := make(map[string]uint64, len(names))
+	for _, name := range names {
+		sorted := slices.Clone(services[name])
+		slices.Sort(sorted)
+		hashes[name] = identity(sorted...)
+	}
+	return hashes
 }
 
 // readChecks reads every check, and its index; with stale reads it fails
 // with errBehind on a list older than the one the targets hold.
 func (d *Discovery) readChecks(ctx context.Context, stale bool) (map[checkOwner]uint64, uint64, error) {
 	checks := map[checkOwner]uint64{}
-	index, err := d.bulkQuery(ctx, "/v1/health/state/any", stale, func(dec *json.Decoder) error {
-		var c checkEntry
-		if err := dec.Decode(&c); err != nil {
-			return err
-		}
+	index, err := readList(ctx, d, "/v1/health/state/any", "health checks", d.state.checks, stale, func(c checkEntry) {
 		owner := checkOwner{node: c.Node}
 		if c.ServiceName != "" {
 			owner = checkOwner{service: identity(c.ServiceName)}
 		}
 		// A sum, so that the order of the list does not matter.
 		checks[owner] += identity(c.Partition, c.Namespace, c.Node, c.CheckID, strconv.FormatUint(c.ModifyIndex, 10))
-		return nil
 	})
-	if err == nil && stale && index < d.state.checks {
-		err = fmt.Errorf("at index %d, below %d: %w", index, d.state.checks, errBehind)
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading health checks: %w", err)
-	}
-	return checks, index, nil
+	return checks, index, err
 }
 
 // readNodes reads every node, and its index, as readChecks does checks.
 func (d *Discovery) readNodes(ctx context.Context, stale bool) (map[uint64]nodeMark, uint64, error) {
 	nodes := map[uint64]nodeMark{}
-	index, err := d.bulkQuery(ctx, "/v1/catalog/nodes", stale, func(dec *json.Decoder) error {
-		var n nodeEntry
-		if err := dec.Decode(&n); err != nil {
-			return err
-		}
+	index, err := readList(ctx, d, "/v1/catalog/nodes", "nodes", d.state.nodes, stale, func(n nodeEntry) {
 		nodes[identity(n.Partition, n.Node)] = nodeMark{modify: n.ModifyIndex, node: n.Node}
-		return nil
 	})
-	if err == nil && stale && index < d.state.nodes {
-		err = fmt.Errorf("at index %d, below %d: %w", index, d.state.nodes, errBehind)
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading nodes: %w", err)
-	}
-	return nodes, index, nil
+	return nodes, index, err
 }
 
-// bulkQuery reads a list from Consul, handing each element to each as it
-// arrives, and returns the list's index. At 100,000 checks the list is
-// 40 MB of JSON: decoded whole, as Consul's client does, it would double
-// the adapter's memory for a moment on every change.
-func (d *Discovery) bulkQuery(ctx context.Context, path string, stale bool, each func(*json.Decoder) error) (uint64, error) {
+// readList reads a list from Consul, handing each element to each as it
+// arrives, and returns the list's index; with stale reads, a list below
+// floor fails with errBehind. At 100,000 checks the list is 40 MB of JSON:
+// decoded whole, as Consul's client does, it would double the adapter's
+// memory for a moment on every change.
+func readList[T any](ctx context.Context, d *Discovery, path, what string, floor uint64, stale bool, each func(T)) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(context.WithValue(ctx, bodySinkKey{}, bodySink(func(r io.Reader) error {
-		return eachElement(r, each)
+		return eachElement(r, func(dec *json.Decoder) error {
+			var v T
+			if err := dec.Decode(&v); err != nil {
+				return err
+			}
+			each(v)
+			return nil
+		})
 	})))
-	opts.AllowStale = stale
-	opts.RequireConsistent = d.confirming
+	d.readAs(opts, stale)
 	var none []struct{}
 	meta, err := d.client.Raw().Query(path, &none, opts)
+	if err == nil && stale && meta.LastIndex < floor {
+		err = fmt.Errorf("at index %d, below %d: %w", meta.LastIndex, floor, errBehind)
+	}
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("reading %s: %w", what, err)
 	}
 	return meta.LastIndex, nil
 }
@@ -311,8 +304,7 @@ func (d *Discovery) servicesOnNodes(ctx context.Context, nodes map[string]bool, 
 			rctx, cancel := context.WithTimeout(gctx, d.cfg.RequestTimeout)
 			defer cancel()
 			opts := d.queryOptions(rctx)
-			opts.AllowStale = stale
-			opts.RequireConsistent = d.confirming
+			d.readAs(opts, stale)
 			list, _, err := d.client.Catalog().NodeServiceList(node, opts)
 			if err != nil {
 				return fmt.Errorf("reading the services of node %q: %w", node, err)

@@ -68,8 +68,7 @@ func (d *Discovery) readState(ctx context.Context, servicesIndex uint64, stale b
 	for _, q := range indexQueries(d.client)[1:] {
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 		opts := d.queryOptions(rctx)
-		opts.AllowStale = stale
-		opts.RequireConsistent = d.confirming
+		d.readAs(opts, stale)
 		meta, err := q.query(opts)
 		cancel()
 		if err != nil {
