@@ -616,7 +616,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			}
 			return groups, changed, err
 		case d.loc != nil && !d.verifyDue(now):
-			if loc, err = d.locate(ctx, tagHashes(names, services), state, stale); err != nil {
+			if loc, err = d.locate(ctx, tagHashes(services), state, stale); err != nil {
 				return nil, false, err
 			}
 		}
@@ -633,7 +633,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		// node. Every service is queried; the lists just read stand.
 		base, state, loc = &loc.next, loc.state, nil
 	case d.locates():
-		if base, state, err = d.baseline(ctx, tagHashes(names, services), state, stale); err != nil {
+		if base, state, err = d.baseline(ctx, tagHashes(services), state, stale); err != nil {
 			return nil, false, err
 		}
 	}

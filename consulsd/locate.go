@@ -111,13 +111,16 @@ func identity(parts ...string) uint64 {
 	return h.Sum64()
 }
 
-// tagHashes hashes each named service's tags from Consul's service list,
-// in any order: Consul lists the union of its instances' tags in no fixed
-// one. Only rounds that compare lists need them, not quiet ones.
-func tagHashes(names []string, services map[string][]string) map[string]uint64 {
-	hashes := make(map[string]uint64, len(names))
-	for _, name := range names {
-		sorted := slices.Clone(services[name])
+// tagHashes hashes each listed service's tags, in any order: Consul lists
+// the union of its instances' tags in no fixed one. Every service counts,
+// those not discovered too: a change to one (the agent re-registering its
+// own "consul" service) moves the services index, and must explain the
+// move rather than cost a full round. Only rounds that compare lists need
+// the hashes, not quiet ones.
+func tagHashes(services map[string][]string) map[string]uint64 {
+	hashes := make(map[string]uint64, len(services))
+	for name, tags := range services {
+		sorted := slices.Clone(tags)
 		slices.Sort(sorted)
 		hashes[name] = identity(sorted...)
 	}
@@ -231,7 +234,8 @@ type located struct {
 
 // locate compares the bulk answers that moved since the last round with
 // the ones held, and returns the services whose instances may have
-// changed. listed holds the tags hash of every service listed now.
+// changed. listed holds the tags hash of every service listed now; only
+// the discovered ones among the services marked are queried.
 func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state catalogState, stale bool) (*located, error) {
 	l := &located{next: *d.loc, state: state, dirty: map[string]bool{}}
 	l.next.tags = listed
