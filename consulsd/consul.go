@@ -198,12 +198,12 @@ type Discovery struct {
 	// reads since (by located and health rounds): the settling round
 	// reads just these. Nil while unsettled means every service.
 	settleOnly map[string]bool
-	// loc holds the bulk answers of the last round, when rounds are
-	// located (see locate.go); nil until a full round read them.
-	loc *locator
-	// verifyBy is when a full round is owed after a located round saw the
-	// services index move; zero when none is.
-	verifyBy time.Time
+	// digests holds a digest of each service from the last node dump, when
+	// rounds are located (see locate.go); nil until a full round read one.
+	digests map[string]uint64
+	// noDump says that Consul does not serve the node dump: rounds are
+	// not located.
+	noDump   bool
 	snapshot []*targetgroup.Group
 	sent     map[string]struct{}
 	targets  int
@@ -563,7 +563,7 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 // round reads the catalog once: with stale reads (any server answers) it
 // fails with errBehind rather than take back what a round before applied.
 func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgroup.Group, bool, error) {
-	names, services, servicesIndex, err := d.listServices(ctx, stale)
+	names, servicesIndex, err := d.listServices(ctx, stale)
 	if err != nil {
 		return nil, false, fmt.Errorf("listing services: %w", err)
 	}
@@ -579,28 +579,24 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		}
 		d.wentBackwards = true
 	}
-	now := time.Now()
 	settle := false
 	var loc *located
 	if !resync && !d.wentBackwards {
 		quiet := d.snapshot != nil && state == d.state
 		switch {
-		case quiet && !d.unsettled && !d.verifyDue(now):
+		case quiet && !d.unsettled:
 			d.metrics.rounds.WithLabelValues(roundQuiet).Inc()
 			return d.snapshot, false, nil // nothing changed: a round of three requests
-		case quiet && d.unsettled:
+		case quiet:
 			// The catalog went quiet after a change read with stale
 			// reads. The server that answered the services may have lagged
 			// the one that gave the indexes, and then no index would move
 			// again to show it: read those services once from the leader.
-			// (The bulk answers carry their own indexes: one from a server
-			// behind shows as a moved index in the next round.)
+			// (The node dump is checked against the round's indexes.)
 			settle = true
-			if d.settleOnly != nil && d.loc != nil {
-				loc = &located{next: *d.loc, state: state, dirty: d.settleOnly}
+			if d.settleOnly != nil && d.digests != nil {
+				loc = &located{digests: d.digests, dirty: d.settleOnly}
 			}
-		case quiet:
-			// A located round owes a full one (see verifyDue).
 		case d.healthOnly(state):
 			before := d.snapshot
 			groups, changed, err := d.healthRound(ctx, state, stale)
@@ -615,25 +611,19 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 				d.metrics.rounds.WithLabelValues(roundHealth).Inc()
 			}
 			return groups, changed, err
-		case d.loc != nil && !d.verifyDue(now):
-			if loc, err = d.locate(ctx, tagHashes(services), state, stale); err != nil {
+		case d.digests != nil && d.locates():
+			if loc, err = d.locate(ctx, state.highest(), stale); err != nil {
 				return nil, false, err
 			}
 		}
 	}
 	stale = stale && !settle
 
-	var base *locator
-	switch {
-	case loc != nil && (len(loc.dirty) > 0 || state.services == d.state.services):
-		// A located round.
-	case loc != nil:
-		// Only the services table moved, and no list shows why: a change
-		// of an instance that touched neither its checks, its tags nor its
-		// node. Every service is queried; the lists just read stand.
-		base, state, loc = &loc.next, loc.state, nil
-	case d.locates():
-		if base, state, err = d.baseline(ctx, tagHashes(services), state, stale); err != nil {
+	// A full round reads the dump for the next round to compare with,
+	// before the services: a change during the round then shows there.
+	var digests map[string]uint64
+	if loc == nil && d.locates() {
+		if digests, err = d.readDigests(ctx, state.highest(), stale); err != nil {
 			return nil, false, err
 		}
 	}
@@ -677,15 +667,11 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		targets += len(groups[i].Targets)
 		changed = changed || groups[i] != d.snapshot[i]
 	}
-	switch {
-	case loc != nil:
-		if state.services != d.state.services && d.verifyBy.IsZero() {
-			d.verifyBy = now.Add(d.cfg.RefreshInterval)
-		}
-		d.loc, state = &loc.next, loc.state
+	if loc != nil {
+		d.digests = loc.digests
 		d.metrics.rounds.WithLabelValues(roundLocated).Inc()
-	default:
-		d.loc, d.verifyBy = base, time.Time{}
+	} else {
+		d.digests = digests
 		d.metrics.rounds.WithLabelValues(roundFull).Inc()
 	}
 	d.state, d.snapshot, d.serviceIndexes = state, groups[:len(names):len(names)], serviceIndexes
@@ -731,11 +717,12 @@ func (d *Discovery) noteRead(services []string, stale, full bool) {
 	}
 }
 
-// locates reports whether rounds compare Consul's bulk answers to query
-// only the services that changed: in the tables watch. The per-service
-// watch knows that already, and a one-off refresh has nothing to compare.
+// locates reports whether rounds compare Consul's node dump to query only
+// the services that changed: in the tables watch, where Consul serves the
+// dump. The per-service watch knows that already, and a one-off refresh
+// has nothing to compare.
 func (d *Discovery) locates() bool {
-	return d.cfg.Watch && d.serviceWatchClient == nil
+	return d.cfg.Watch && d.serviceWatchClient == nil && !d.noDump
 }
 
 // previousGroup returns the snapshot's group of a service, or nil.
@@ -749,29 +736,28 @@ func (d *Discovery) previousGroup(name string) *targetgroup.Group {
 	return d.snapshot[i]
 }
 
-// listServices returns the sorted names of the services to query, the
-// list as Consul gave it (names and tags), and the index of the services
-// table.
-func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, map[string][]string, uint64, error) {
+// listServices returns the sorted names of the services to query, and the
+// index of the services table.
+func (d *Discovery) listServices(ctx context.Context, stale bool) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.listOptions(ctx)
 	d.readAs(opts, stale)
 	services, meta, err := d.client.Catalog().Services(opts)
 	if err != nil {
-		return nil, nil, 0, d.catalogFilterRejected(err)
+		return nil, 0, d.catalogFilterRejected(err)
 	}
 	// An empty list means the token may read none of it, or that a server
 	// answered which has not yet replayed its log.
 	if d.emptyMeansACL(services, meta) {
 		if stale && meta.LastIndex < d.state.services {
-			return nil, nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
+			return nil, 0, fmt.Errorf("an empty service list at index %d, below %d: %w", meta.LastIndex, d.state.services, errBehind)
 		}
-		return nil, nil, 0, errACLFiltered
+		return nil, 0, errACLFiltered
 	}
 	names := d.wantedNames(services)
 	sort.Strings(names)
-	return names, services, meta.LastIndex, nil
+	return names, meta.LastIndex, nil
 }
 
 // emptyMeansACL reports whether a service list is empty because Consul hid

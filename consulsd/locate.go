@@ -3,70 +3,121 @@ package consulsd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"io"
 	"net/http"
 	"reflect"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"time"
 
-	"github.com/prometheus/prometheus/discovery/targetgroup"
-	"golang.org/x/sync/errgroup"
+	"github.com/go-kit/log/level"
+	"github.com/hashicorp/consul/api"
 )
 
-// The tables watch says that the catalog changed, not where. Querying every
-// service to find out cost a full round per change: at 2,000 services over
-// plain HTTP, about a thousand requests. Three bulk answers that Consul
-// gives in one request each say where most changes are:
+// The tables watch says that the catalog changed, not where, and querying
+// every service to find out cost a round of one request per service for
+// every change: at 2,000 services, thousands of requests a change. One
+// bulk answer says where: the node dump that Consul's web UI reads
+// (/v1/internal/ui/nodes). It holds every node with its address and meta,
+// every service instance on it with its ModifyIndex, and every check with
+// its own; Consul moves an instance's ModifyIndex on any change to it (a
+// port, an address, meta, tags), and a check's on any change to the check.
+// So everything a /v1/health/service answer shows is in it, and a round
+// compares it with the last round's, a digest per service, and queries only
+// the services whose digest moved. No change kind is left for a full round
+// to catch.
 //
-//   - the service list (/v1/catalog/services): services that came, went or
-//     changed their tags;
-//   - every health check (/v1/health/state/any) with its ModifyIndex and
-//     service: instances registered or deregistered with checks, health,
-//     maintenance;
-//   - every node (/v1/catalog/nodes) with its ModifyIndex: node addresses
-//     and meta, nodes that came or went.
-//
-// A round then queries only the services these point at: for a node, the
-// services with an instance on it (with a filter on nodes, also those it
-// left out, which the node's own list of services names). What none of them
-// shows is a change to an instance that touches neither its checks, its
-// tags nor its node: a new port, address or meta, or an instance without
-// checks registered or removed. Such a change still moves the services
-// table's index; when that move is all a round sees, it queries every
-// service. When it coincides with a change the lists do show, the located
-// round cannot tell, so after any located round that saw the services index
-// move, a full round follows within one refresh interval.
+// The dump is one request, but its size grows with the catalog (about a
+// kilobyte per instance), so it is read only when the services or nodes
+// table moved; a move of the checks table alone takes the cheaper health
+// round (health.go). The endpoint is internal to Consul: where it is not
+// served (a proxy that allows only public paths, a future Consul), rounds
+// fall back to querying every service.
 
-// locator holds the bulk answers of the last round, to compare with the
-// next one's.
-type locator struct {
-	// tags holds a hash of each listed service's tags.
-	tags map[string]uint64
-	// checks holds, for each service and each node with checks of its
-	// own, a digest of its checks' identities and ModifyIndexes: a check
-	// added, removed or modified changes its owner's digest. A digest per
-	// owner rather than an entry per check: at 100,000 checks the
-	// difference is ten megabytes held for good.
-	checks map[checkOwner]uint64
-	// nodes holds each node's ModifyIndex, by a hash of its identity.
-	nodes map[uint64]nodeMark
+// dumpPath is the node dump's endpoint.
+const dumpPath = "/v1/internal/ui/nodes"
+
+// dumpNode holds the fields of a node dump's element that the digests read
+// (see readDigests): Consul sends every field of each instance and check.
+type dumpNode struct {
+	ID, Node, Address string
+	// Hashed as Consul encodes them: Go's encoder sorts map keys.
+	TaggedAddresses, Meta json.RawMessage
+	Services              []struct {
+		ID, Service string
+		ModifyIndex uint64
+	}
+	Checks []struct {
+		CheckID, ServiceID, ServiceName string
+		ModifyIndex                     uint64
+	}
 }
 
-// checkOwner is what a check belongs to: a service (by the hash of its
-// name), or for a node's own check, the node.
-type checkOwner struct {
-	service uint64 // identity(name); 0 for a node's own check
-	node    string // only for a node's own check
+// located is what a located round found: the digests it read, and the
+// services whose digest moved.
+type located struct {
+	digests map[string]uint64
+	dirty   map[string]bool
 }
 
-type nodeMark struct {
-	modify uint64
-	node   string
+// locate reads the node dump and returns the services whose digest differs
+// from the last round's, or nil when Consul does not serve the dump. floor
+// is the highest index the round read: with stale reads, a dump from a
+// server behind it fails with errBehind, as it may miss the change.
+func (d *Discovery) locate(ctx context.Context, floor uint64, stale bool) (*located, error) {
+	digests, err := d.readDigests(ctx, floor, stale)
+	if digests == nil || err != nil {
+		return nil, err
+	}
+	l := &located{digests: digests, dirty: map[string]bool{}}
+	compare(d.digests, digests, func(name string, _ uint64) { l.dirty[name] = true })
+	return l, nil
+}
+
+// readDigests reads the node dump into a digest per service name of
+// everything its instances' targets show: each instance's ModifyIndex,
+// its checks' and its node's (address, meta, node checks). A sum, so that
+// the order of the dump does not matter. It returns nil digests, and turns
+// locating off, when Consul does not serve the dump.
+func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (map[string]uint64, error) {
+	digests := map[string]uint64{}
+	var h digester
+	err := d.readDump(ctx, floor, stale, func(n *dumpNode) {
+		h.reset()
+		h.str(n.ID, n.Node, n.Address, string(n.TaggedAddresses), string(n.Meta))
+		for _, c := range n.Checks {
+			if c.ServiceID == "" {
+				h.str(c.CheckID)
+				h.num(c.ModifyIndex)
+			}
+		}
+		node := h.Sum64()
+		for _, s := range n.Services {
+			h.reset()
+			h.num(node)
+			h.str(s.ID)
+			h.num(s.ModifyIndex)
+			digests[s.Service] += h.Sum64()
+		}
+		for _, c := range n.Checks {
+			if c.ServiceID != "" {
+				h.reset()
+				h.str(n.Node, c.ServiceID, c.CheckID)
+				h.num(c.ModifyIndex)
+				digests[c.ServiceName] += h.Sum64()
+			}
+		}
+	})
+	if status := (api.StatusError{}); errors.As(err, &status) && (status.Code == http.StatusNotFound || status.Code == http.StatusForbidden) {
+		level.Warn(d.logger).Log("msg", "Consul does not serve its node dump; every change now costs a query of every service", "path", dumpPath, "err", err)
+		d.noDump = true
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return digests, nil
 }
 
 // compare calls changed with the key of every entry of next that is new
@@ -84,101 +135,55 @@ func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V))
 	}
 }
 
-// checkEntry and nodeEntry are the fields of the bulk answers the locator
-// reads, one element at a time (see readList): Consul sends every field of
-// a check, and 100,000 of them decoded whole would take a hundred megabytes.
-type checkEntry struct {
-	Node, CheckID, ServiceName, Namespace, Partition string
-	ModifyIndex                                      uint64
+var digestSeed = maphash.MakeSeed()
+
+// digester hashes the parts that name one thing. NUL cannot occur in
+// Consul's names, so different parts never give the same input.
+type digester struct{ maphash.Hash }
+
+func (h *digester) reset() {
+	h.SetSeed(digestSeed)
 }
 
-type nodeEntry struct {
-	Node, Partition string
-	ModifyIndex     uint64
-}
-
-var identitySeed = maphash.MakeSeed()
-
-// identity hashes parts that name one thing; NUL cannot occur in Consul's
-// names, so different parts never give the same string.
-func identity(parts ...string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(identitySeed)
+func (h *digester) str(parts ...string) {
 	for _, p := range parts {
 		h.WriteString(p)
 		h.WriteByte(0)
 	}
-	return h.Sum64()
 }
 
-// tagHashes hashes each listed service's tags, in any order: Consul lists
-// the union of its instances' tags in no fixed one. Every service counts,
-// those not discovered too: a change to one (the agent re-registering its
-// own "consul" service) moves the services index, and must explain the
-// move rather than cost a full round. Only rounds that compare lists need
-// the hashes, not quiet ones.
-func tagHashes(services map[string][]string) map[string]uint64 {
-	hashes := make(map[string]uint64, len(services))
-	for name, tags := range services {
-		sorted := slices.Clone(tags)
-		slices.Sort(sorted)
-		hashes[name] = identity(sorted...)
-	}
-	return hashes
+func (h *digester) num(n uint64) {
+	maphash.WriteComparable(&h.Hash, n)
 }
 
-// readChecks reads every check, and its index; with stale reads it fails
-// with errBehind on a list older than the one the targets hold.
-func (d *Discovery) readChecks(ctx context.Context, stale bool) (map[checkOwner]uint64, uint64, error) {
-	checks := map[checkOwner]uint64{}
-	index, err := readList(ctx, d, "/v1/health/state/any", "health checks", d.state.checks, stale, func(c checkEntry) {
-		owner := checkOwner{node: c.Node}
-		if c.ServiceName != "" {
-			owner = checkOwner{service: identity(c.ServiceName)}
-		}
-		// A sum, so that the order of the list does not matter.
-		checks[owner] += identity(c.Partition, c.Namespace, c.Node, c.CheckID, strconv.FormatUint(c.ModifyIndex, 10))
-	})
-	return checks, index, err
-}
-
-// readNodes reads every node, and its index, as readChecks does checks.
-func (d *Discovery) readNodes(ctx context.Context, stale bool) (map[uint64]nodeMark, uint64, error) {
-	nodes := map[uint64]nodeMark{}
-	index, err := readList(ctx, d, "/v1/catalog/nodes", "nodes", d.state.nodes, stale, func(n nodeEntry) {
-		nodes[identity(n.Partition, n.Node)] = nodeMark{modify: n.ModifyIndex, node: n.Node}
-	})
-	return nodes, index, err
-}
-
-// readList reads a list from Consul, handing each element to each as it
-// arrives, and returns the list's index; with stale reads, a list below
-// floor fails with errBehind. At 100,000 checks the list is 40 MB of JSON:
-// decoded whole, as Consul's client does, it would double the adapter's
-// memory for a moment on every change.
-func readList[T any](ctx context.Context, d *Discovery, path, what string, floor uint64, stale bool, each func(T)) (uint64, error) {
+// readDump reads the node dump, handing each node to each as it arrives;
+// with stale reads, a dump below floor fails with errBehind. At 100,000
+// instances the dump is about 100 MB of JSON: decoded whole, as Consul's
+// client does, it would double the adapter's memory for a moment on every
+// change.
+func (d *Discovery) readDump(ctx context.Context, floor uint64, stale bool, each func(*dumpNode)) error {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(context.WithValue(ctx, bodySinkKey{}, bodySink(func(r io.Reader) error {
 		return eachElement(r, func(dec *json.Decoder) error {
-			var v T
-			if err := dec.Decode(&v); err != nil {
+			var n dumpNode
+			if err := dec.Decode(&n); err != nil {
 				return err
 			}
-			each(v)
+			each(&n)
 			return nil
 		})
 	})))
 	d.readAs(opts, stale)
 	var none []struct{}
-	meta, err := d.client.Raw().Query(path, &none, opts)
+	meta, err := d.client.Raw().Query(dumpPath, &none, opts)
 	if err == nil && stale && meta.LastIndex < floor {
 		err = fmt.Errorf("at index %d, below %d: %w", meta.LastIndex, floor, errBehind)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("reading %s: %w", what, err)
+		return fmt.Errorf("reading the node dump: %w", err)
 	}
-	return meta.LastIndex, nil
+	return nil
 }
 
 // eachElement calls each for every element of the JSON array in r, with
@@ -223,141 +228,4 @@ func (t *sinkTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader("[]")), 2
 	return resp, nil
-}
-
-// located is what a located round found.
-type located struct {
-	next  locator
-	state catalogState
-	dirty map[string]bool
-}
-
-// locate compares the bulk answers that moved since the last round with
-// the ones held, and returns the services whose instances may have
-// changed. listed holds the tags hash of every service listed now; only
-// the discovered ones among the services marked are queried.
-func (d *Discovery) locate(ctx context.Context, listed map[string]uint64, state catalogState, stale bool) (*located, error) {
-	l := &located{next: *d.loc, state: state, dirty: map[string]bool{}}
-	l.next.tags = listed
-	for name, tags := range listed {
-		if old, ok := d.loc.tags[name]; !ok || old != tags {
-			l.dirty[name] = true
-		}
-	}
-	for name := range d.loc.tags {
-		if _, ok := listed[name]; !ok {
-			l.dirty[name] = true // gone: nothing to query, but it explains the move
-		}
-	}
-	dirtyNodes := map[string]bool{}
-	if state.checks != d.state.checks {
-		checks, index, err := d.readChecks(ctx, stale)
-		if err != nil {
-			return nil, err
-		}
-		dirtyServices := map[uint64]bool{}
-		compare(d.loc.checks, checks, func(o checkOwner, _ uint64) {
-			if o.service != 0 {
-				dirtyServices[o.service] = true
-			} else {
-				dirtyNodes[o.node] = true
-			}
-		})
-		if len(dirtyServices) > 0 {
-			for name := range listed {
-				if dirtyServices[identity(name)] {
-					l.dirty[name] = true
-				}
-			}
-		}
-		l.next.checks, l.state.checks = checks, index
-	}
-	if state.nodes != d.state.nodes {
-		nodes, index, err := d.readNodes(ctx, stale)
-		if err != nil {
-			return nil, err
-		}
-		compare(d.loc.nodes, nodes, func(_ uint64, n nodeMark) { dirtyNodes[n.node] = true })
-		l.next.nodes, l.state.nodes = nodes, index
-	}
-	if len(dirtyNodes) > 0 {
-		for _, g := range d.snapshot {
-			if onNodes(g, dirtyNodes) {
-				l.dirty[g.Source] = true
-			}
-		}
-		if d.cfg.Filter != "" || len(d.cfg.NodeMeta) > 0 {
-			// A filter on nodes may have left out an instance that a
-			// node's change lets in: it is in no group, so ask each
-			// node what it runs.
-			if err := d.servicesOnNodes(ctx, dirtyNodes, stale, l.dirty); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return l, nil
-}
-
-// servicesOnNodes adds the services registered on nodes to dirty.
-func (d *Discovery) servicesOnNodes(ctx context.Context, nodes map[string]bool, stale bool, dirty map[string]bool) error {
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(d.cfg.MaxConcurrency)
-	for node := range nodes {
-		g.Go(func() error {
-			rctx, cancel := context.WithTimeout(gctx, d.cfg.RequestTimeout)
-			defer cancel()
-			opts := d.queryOptions(rctx)
-			d.readAs(opts, stale)
-			list, _, err := d.client.Catalog().NodeServiceList(node, opts)
-			if err != nil {
-				return fmt.Errorf("reading the services of node %q: %w", node, err)
-			}
-			if list == nil {
-				return nil // the node is gone
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, svc := range list.Services {
-				dirty[svc.Service] = true
-			}
-			return nil
-		})
-	}
-	return g.Wait()
-}
-
-// onNodes reports whether any target of g is on one of nodes.
-func onNodes(g *targetgroup.Group, nodes map[string]bool) bool {
-	if node, ok := g.Labels[nodeLabel]; ok {
-		return nodes[string(node)]
-	}
-	for _, t := range g.Targets {
-		if nodes[string(t[nodeLabel])] {
-			return true
-		}
-	}
-	return false
-}
-
-// baseline reads the bulk answers a full round leaves for the next round
-// to compare with. They are read before the services are queried, so that
-// a change during the round shows in the next comparison.
-func (d *Discovery) baseline(ctx context.Context, listed map[string]uint64, state catalogState, stale bool) (*locator, catalogState, error) {
-	checks, checksIndex, err := d.readChecks(ctx, stale)
-	if err != nil {
-		return nil, state, err
-	}
-	nodes, nodesIndex, err := d.readNodes(ctx, stale)
-	if err != nil {
-		return nil, state, err
-	}
-	state.checks, state.nodes = checksIndex, nodesIndex
-	return &locator{tags: listed, checks: checks, nodes: nodes}, state, nil
-}
-
-// verifyDue reports whether a full round is owed: a located round saw the
-// services index move a refresh interval ago or more.
-func (d *Discovery) verifyDue(now time.Time) bool {
-	return !d.verifyBy.IsZero() && !now.Before(d.verifyBy)
 }

@@ -2,7 +2,6 @@ package consulsd_test
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -44,11 +43,14 @@ func rounds(t *testing.T, reg *prometheus.Registry, kind string) float64 {
 	return labeledCounter(t, reg, "consul_sd_adapter_rounds_total", "kind", kind)
 }
 
+// dumpPath is Consul's node dump, which located rounds read.
+const dumpPath = "/v1/internal/ui/nodes"
+
 // TestLocatedRoundsQueryOnlyWhatChanged: in the tables watch, a round
-// compares Consul's bulk answers (the service list, every check, every
-// node) with the previous round's and queries only the services they point
-// at; the snapshot still equals Consul after every kind of change. A change
-// none of them shows (a port) costs a full round.
+// compares Consul's node dump with the previous round's and queries only
+// the services whose instances, checks or nodes moved, whatever the kind of
+// change; the snapshot still equals Consul after every one. A round where
+// only checks moved reads no dump.
 func TestLocatedRoundsQueryOnlyWhatChanged(t *testing.T) {
 	agent := consultest.Start(t)
 	all := locatedCatalog(t, agent)
@@ -79,6 +81,10 @@ func TestLocatedRoundsQueryOnlyWhatChanged(t *testing.T) {
 		queries int    // per-service queries the round makes
 		kind    string // of round
 	}{
+		{"a new instance without checks", func() {
+			agent.RegisterInstance(t, consultest.Instance{Node: "node-3", NodeMeta: map[string]string{"rack": "r1"}, Service: "svc-02", ID: "svc-02-b", Port: 9002, NoCheck: true})
+		}, 1, "located"},
+		{"its deregistration", func() { agent.DeregisterInstance(t, "node-3", "svc-02-b") }, 1, "located"},
 		{"a new instance on a new node", func() {
 			agent.RegisterInstance(t, consultest.Instance{Node: "node-9", Service: "svc-01", ID: "svc-01-b", Port: 9001, Tags: []string{"a"}})
 		}, 1, "located"},
@@ -99,23 +105,36 @@ func TestLocatedRoundsQueryOnlyWhatChanged(t *testing.T) {
 			moved.NodeAddress = "10.1.1.1"
 			agent.RegisterInstance(t, moved)
 		}, 3, "located"},
+		// Changes that neither the service list, the checks nor the
+		// nodes show.
+		{"a port change", func() {
+			all[9].Port = 9999
+			agent.RegisterInstance(t, all[9])
+		}, 1, "located"},
+		{"a service meta change", func() {
+			all[10].Meta = map[string]string{"version": "2"}
+			agent.RegisterInstance(t, all[10])
+		}, 1, "located"},
+		{"a service address change", func() {
+			all[11].Address = "10.9.9.9"
+			agent.RegisterInstance(t, all[11])
+		}, 1, "located"},
+		{"a tag and a port at once", func() {
+			all[0].Tags = []string{"a", "c"}
+			agent.RegisterInstance(t, all[0])
+			all[1].Port = 9991
+			agent.RegisterInstance(t, all[1])
+		}, 2, "located"},
+		// Last: a health round leaves the dump's digests of the services
+		// it changed behind, and the next located round reads them again.
 		{"maintenance on", func() { setMaintenance(t, agent, "node-2", "svc-06", true) }, 0, "health"},
 		{"maintenance off", func() { setMaintenance(t, agent, "node-2", "svc-06", false) }, 0, "health"},
 		{"a node check failing", func() { agent.SetNodeHealth(t, "node-2", "critical") }, 0, "health"},
 		{"a service check failing", func() { agent.SetHealth(t, all[7], "critical") }, 0, "health"},
-		// No list shows these two.
-		{"a port change", func() {
-			all[9].Port = 9999
-			agent.RegisterInstance(t, all[9])
-		}, 12, "full"},
-		{"a service meta change", func() {
-			all[10].Meta = map[string]string{"version": "2"}
-			agent.RegisterInstance(t, all[10])
-		}, 12, "full"},
 	}
 	for _, step := range steps {
 		step.change()
-		before, kindBefore := serviceQueries(proxy, names...), rounds(t, reg, step.kind)
+		before, kindBefore, dumps := serviceQueries(proxy, names...), rounds(t, reg, step.kind), proxy.Requests(dumpPath)
 		check(step.name)
 		if n := serviceQueries(proxy, names...) - before; n != step.queries {
 			t.Errorf("after %s: %d per-service queries, want %d", step.name, n, step.queries)
@@ -123,48 +142,78 @@ func TestLocatedRoundsQueryOnlyWhatChanged(t *testing.T) {
 		if rounds(t, reg, step.kind) != kindBefore+1 {
 			t.Errorf("after %s: not a %s round", step.name, step.kind)
 		}
+		wantDumps := 1
+		if step.kind == "health" {
+			wantDumps = 0
+		}
+		if n := proxy.Requests(dumpPath) - dumps; n != wantDumps {
+			t.Errorf("after %s: %d reads of the node dump, want %d", step.name, n, wantDumps)
+		}
 	}
 }
 
-// TestLocatedRoundOwesAFullOne: a change no bulk answer shows, in the same
-// round as one they do, is missed by the located round; a full round
-// follows within the refresh interval, and the snapshot reaches Consul.
-func TestLocatedRoundOwesAFullOne(t *testing.T) {
+// TestWithoutTheNodeDump: where Consul does not serve its node dump (a
+// proxy in front of it that allows public paths only), every round that
+// sees the catalog move queries every service, and the snapshot still
+// follows Consul. The dump is not asked for again.
+func TestWithoutTheNodeDump(t *testing.T) {
 	agent := consultest.Start(t)
 	all := locatedCatalog(t, agent)
-	d, reg := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.AllowStale = false })
+	proxy := faultproxy.Start(t, agent.Addr)
+	proxy.Set(dumpPath, faultproxy.Answer(404, "Not Found"))
+	d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) {
+		c.AllowStale = false
+		c.RefreshInterval = time.Hour
+	})
 	for range 3 {
 		refresh(t, d)
 	}
-	all[0].Tags = []string{"a", "b"} // shown by the service list
-	agent.RegisterInstance(t, all[0])
-	all[5].Port = 9999 // shown by nothing
-	agent.RegisterInstance(t, all[5])
+	if n := proxy.Requests(dumpPath); n != 1 {
+		t.Fatalf("the node dump was asked for %d times, want once", n)
+	}
+	all[3].Port = 9993
+	agent.RegisterInstance(t, all[3])
+	full, before := rounds(t, reg, "full"), proxy.Requests("/v1/health/service/svc-00")
+	if got, want := seen(refresh(t, d)), truth(t, agent); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after a port change:\n got %v\nwant %v", got, want)
+	}
+	if rounds(t, reg, "full") != full+1 || proxy.Requests("/v1/health/service/svc-00") != before+1 {
+		t.Error("the round after a change was not a full one")
+	}
+	if n := proxy.Requests(dumpPath); n != 1 {
+		t.Errorf("the node dump was asked for %d times, want once", n)
+	}
+}
 
-	fullBefore := rounds(t, reg, "full")
-	got := seen(refresh(t, d))
-	if rounds(t, reg, "full") != fullBefore {
-		t.Fatal("the round after both changes was a full one: this test tests nothing")
+// TestLaggingDumpIsNotTrusted: with stale reads, a node dump from a server
+// that has not applied the change the round's indexes show could hide it
+// for good (the next round's indexes would not move again). The round
+// reads again from the leader instead.
+func TestLaggingDumpIsNotTrusted(t *testing.T) {
+	agent := consultest.Start(t)
+	all := locatedCatalog(t, agent)
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, _ := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	for range 3 {
+		refresh(t, d)
 	}
-	if !strings.Contains(fmt.Sprint(got), "port=8005") {
-		t.Fatalf("the located round saw the port change: this test tests nothing: %v", got)
+	proxy.Keep(dumpPath) // the lagging server's dump: before the change
+	proxy.Set(dumpPath, faultproxy.Lagging)
+	all[7].Meta = map[string]string{"version": "2"}
+	agent.RegisterInstance(t, all[7])
+	groups := refresh(t, d)
+	if got := label(groups["svc-07"], "node-2", "__meta_consul_service_metadata_version"); got != "2" {
+		t.Errorf("svc-07's version is %q after a round, want 2: the lagging dump hid the change", got)
 	}
-	deadline := time.Now().Add(hangGuard)
-	for fmt.Sprint(got) != fmt.Sprint(truth(t, agent)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no round caught the port change: %v", got)
-		}
-		time.Sleep(20 * time.Millisecond)
-		got = seen(refresh(t, d))
-	}
-	if rounds(t, reg, "full") != fullBefore+1 {
-		t.Errorf("full rounds went from %v to %v, want one more", fullBefore, rounds(t, reg, "full"))
+	if n := proxy.Requests(dumpPath); n < 2 {
+		t.Errorf("the dump was read %d times since the change, want a second read from the leader", n)
 	}
 }
 
 // TestLocatedRoundSeesWhatAFilterLetsIn: with a filter on nodes, an
 // instance left out is in no group; when its node changes so that the
-// filter lets it in, the round still finds its service, by asking the node.
+// filter lets it in, the round still finds its service: the dump holds
+// every instance, filtered or not.
 func TestLocatedRoundSeesWhatAFilterLetsIn(t *testing.T) {
 	agent := consultest.Start(t)
 	all := locatedCatalog(t, agent)

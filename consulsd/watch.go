@@ -30,6 +30,12 @@ type catalogState struct {
 	checks   uint64 // health
 }
 
+// highest is the highest of the indexes: a server whose answer is below it
+// has not applied every write the state shows.
+func (s catalogState) highest() uint64 {
+	return max(s.services, s.nodes, s.checks)
+}
+
 // before reports whether any index of s is lower than in t.
 func (s catalogState) before(t catalogState) bool {
 	return s.services < t.services || s.nodes < t.nodes || s.checks < t.checks

@@ -23,6 +23,8 @@ type Instance struct {
 	// Health is the status of the instance's one service-level check:
 	// "passing" (default), "warning" or "critical".
 	Health string
+	// NoCheck registers the instance without a check.
+	NoCheck bool
 }
 
 func (inst Instance) id() string {
@@ -84,7 +86,9 @@ func (a *Agent) RegisterInstance(t testing.TB, inst Instance) {
 			Tags:    inst.Tags,
 			Meta:    inst.Meta,
 		},
-		Check: inst.check(t, inst.Health),
+	}
+	if !inst.NoCheck {
+		reg.Check = inst.check(t, inst.Health)
 	}
 	if _, err := a.Client.Catalog().Register(reg, nil); err != nil {
 		t.Fatalf("consultest: registering %s/%s: %v", inst.Node, inst.id(), err)
