@@ -617,7 +617,10 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			}
 		}
 	}
-	stale = stale && !settle
+	// The first round reads from the leader: read with stale reads, its
+	// answers would all be read again by a settling round. Stale reads
+	// guard nothing yet: there are no targets to take back.
+	stale = stale && !settle && d.snapshot != nil
 
 	// A full round reads the dump for the next round to compare with,
 	// before the services: a change during the round then shows there.

@@ -122,7 +122,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		rounds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "rounds_total",
-			Help:      "Successful rounds of the tables watch and the ticker by what they queried: quiet (no index moved), health (the checks that are not passing), located (the services the bulk answers pointed at), full (every service).",
+			Help:      "Successful rounds of the tables watch and the ticker by what they queried: quiet (no index moved), health (the checks that are not passing), located (the services whose digest in the node dump moved), full (every service).",
 		}, []string{"kind"}),
 		blockingQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -261,6 +262,9 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 		}
 	}
 	row.PeakConns = proxy.PeakConns()
+	if daemon != nil {
+		logRounds(o.name, daemon)
+	}
 
 	// Let the last changes arrive, then collect the latencies.
 	deadline := time.Now().Add(churnSettle)
@@ -277,6 +281,23 @@ func churnOne(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Age
 		row.Latency[c.kind] = append(row.Latency[c.kind], c.seen.Sub(c.returned))
 	}
 	return row, nil
+}
+
+// logRounds logs the adapter's rounds by kind and its failed ones, which
+// say where its requests went.
+func logRounds(name string, daemon *adapterproc.Adapter) {
+	m, err := daemon.Metrics()
+	if err != nil {
+		log.Printf("%s: reading its metrics: %v", name, err)
+		return
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if strings.HasPrefix(k, "consul_sd_adapter_rounds_total{") || strings.HasPrefix(k, "consul_sd_adapter_refresh_failures_total{") {
+			parts = append(parts, fmt.Sprintf("%s %g", k, m[k]))
+		}
+	}
+	log.Printf("%s: %s", name, strings.Join(parts, ", "))
 }
 
 // churnChange is one change and the labels that show it.

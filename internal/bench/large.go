@@ -23,7 +23,7 @@ type largeResult struct {
 	Requests            int
 
 	// The adapter as a daemon: its peak RSS after its first round and
-	// DaemonRounds more full rounds, each started by a registration.
+	// DaemonRounds more rounds, each started by a registration.
 	DaemonRounds  int
 	DaemonPeakRSS int64
 	// Then while its status page and /targets are polled: its peak RSS,
@@ -42,7 +42,7 @@ const (
 	pollRounds = 10
 )
 
-// daemonRounds is how many full rounds the daemon runs at 100,000 targets
+// daemonRounds is how many rounds the daemon runs at 100,000 targets
 // after its first.
 const daemonRounds = 3
 
@@ -104,8 +104,8 @@ func measureLargeDaemon(ctx context.Context, sc *scope, bin *adapterBin, a *cons
 			return err
 		}
 		// A new tag on one instance moves the services index: over HTTP
-		// the next round compares the service list, checks and nodes with
-		// the last round's (each read whole) and queries that service.
+		// the next round reads Consul's node dump (every instance, as a
+		// stream) and queries that service.
 		_, reg := cat.instance(r, 0)
 		reg.Service.Tags = append(reg.Service.Tags, fmt.Sprintf("bench-round-%d", r))
 		if _, err := a.Client.Catalog().Register(reg, nil); err != nil {
@@ -129,7 +129,7 @@ func measureLargeDaemon(ctx context.Context, sc *scope, bin *adapterBin, a *cons
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
-		log.Printf("large daemon: full round %d/%d written", r+1, daemonRounds)
+		log.Printf("large daemon: round %d/%d written", r+1, daemonRounds)
 	}
 	if res.DaemonPeakRSS, err = d.PeakRSS(); err != nil {
 		return err

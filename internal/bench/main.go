@@ -47,6 +47,7 @@ func run(args []string) int {
 		churnLarge    = fs.Int("churn-large", 10000, "services in the larger catalog of the churn test (adapter only); 0 for none")
 		churnChanges  = fs.Int("churn-changes", 66, "changes in each churn window, one a second, cycling through every kind")
 		churnQuiet    = fs.Duration("churn-quiet", 30*time.Second, "quiet window before each churn window")
+		churnOnly     = fs.String("churn-observers", "", "run only the churn observers whose name contains this (\"tables\", \"per-service\", \"built-in\"); default all")
 		only          = fs.String("only", "", "comma-separated subset to run: render, cold, quiet, prop, churn, large (default all; large needs -large)")
 		out           = fs.String("out", "docs/benchmarks.md", "file to write the report to, relative to the module root; empty for none")
 		timeout       = fs.Duration("timeout", 75*time.Minute, "limit for the whole run")
@@ -187,7 +188,7 @@ func run(args []string) int {
 	}
 	if want("churn") {
 		rep.churn, rep.churnErr = within(func(sc *scope) ([]*churnResult, error) {
-			return runChurn(ctx, sc, consulBin, rep.bin, *churnServices, *churnLarge, *instances, *churnChanges, *churnQuiet)
+			return runChurn(ctx, sc, consulBin, rep.bin, *churnServices, *churnLarge, *instances, *churnChanges, *churnQuiet, *churnOnly)
 		})
 		logErr("churn", rep.churnErr)
 	}
@@ -258,7 +259,10 @@ func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*
 // runChurn starts an agent that serves HTTP and HTTPS, measures every
 // observer under churn at services, then grows the catalog to large and
 // measures the adapter again.
-func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin, services, large, instances, changes int, quiet time.Duration) ([]*churnResult, error) {
+func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin, services, large, instances, changes int, quiet time.Duration, only string) ([]*churnResult, error) {
+	chosen := func(os ...churnObserver) []churnObserver {
+		return slices.DeleteFunc(os, func(o churnObserver) bool { return !strings.Contains(o.name, only) })
+	}
 	ca, cert, key, err := consultest.WriteCerts(sc.dir)
 	if err != nil {
 		return nil, err
@@ -294,7 +298,7 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 		return nil, err
 	}
 	var results []*churnResult
-	r, err := measureChurn(ctx, sc, bin, a, cat, 0, observers, quiet, changes)
+	r, err := measureChurn(ctx, sc, bin, a, cat, 0, chosen(observers...), quiet, changes)
 	if err != nil {
 		return nil, err
 	}
@@ -305,7 +309,7 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 		if err := big.register(ctx, a.Client, services); err != nil {
 			return results, err
 		}
-		r, err := measureChurn(ctx, sc, bin, a, big, services, []churnObserver{adapterHTTPS, configHTTPS, adapterHTTP, configHTTP}, quiet, changes)
+		r, err := measureChurn(ctx, sc, bin, a, big, services, chosen(adapterHTTPS, configHTTPS, adapterHTTP, configHTTP), quiet, changes)
 		if err != nil {
 			return results, err
 		}
