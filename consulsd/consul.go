@@ -617,10 +617,11 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			}
 		}
 	}
-	// The first round reads from the leader: read with stale reads, its
-	// answers would all be read again by a settling round. Stale reads
-	// guard nothing yet: there are no targets to take back.
-	stale = stale && !settle && d.snapshot != nil
+	// The tables watch's first round reads from the leader: read with
+	// stale reads, its answers would all be read again by a settling
+	// round. Stale reads guard nothing yet: there are no targets to take
+	// back. (A one-off refresh settles nothing, and keeps them.)
+	stale = stale && !settle && !(d.snapshot == nil && d.locates())
 
 	// A full round reads the dump for the next round to compare with,
 	// before the services: a change during the round then shows there.
