@@ -632,6 +632,17 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 		}
 	}
 
+	// With stale reads, a service's answer may come from a server behind
+	// the round's indexes. Where answers hold every instance (no per-service
+	// filter), one whose digest differs from the dump's, which is as new as
+	// those indexes, is read again from the leader at once; no settling
+	// round is owed for it.
+	want := digests
+	if loc != nil {
+		want = loc.digests
+	}
+	verify := stale && want != nil && d.cfg.Filter == "" && len(d.cfg.Tags) == 0 && len(d.cfg.NodeMeta) == 0
+
 	groups := make([]*targetgroup.Group, len(names), len(names)+len(d.sent))
 	indexes := make([]uint64, len(names))
 	g, gctx := errgroup.WithContext(ctx) // the first failure cancels the rest of the round
@@ -652,6 +663,11 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			}
 			if seen := d.serviceIndexes[name]; stale && index < seen {
 				return fmt.Errorf("service %q at index %d, below %d: %w", name, index, seen, errBehind)
+			}
+			if verify && answerDigest(entries) != want[name] {
+				if entries, index, err = d.serviceInstances(gctx, name, false); err != nil {
+					return fmt.Errorf("querying service %q from the leader: %w", name, err)
+				}
 			}
 			groups[i], indexes[i] = d.roundGroup(name, entries), index
 			return nil
@@ -688,7 +704,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 	}
 	d.sent = current
 	d.targets = targets
-	d.noteRead(queried, stale, loc == nil)
+	d.noteRead(queried, stale && !verify, loc == nil)
 	d.metrics.services.Set(float64(len(names)))
 	d.metrics.targets.Set(float64(targets))
 	return groups, changed, nil

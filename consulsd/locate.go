@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"maps"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/go-kit/log/level"
@@ -41,9 +43,8 @@ const dumpPath = "/v1/internal/ui/nodes"
 // dumpNode holds the fields of a node dump's element that the digests read
 // (see readDigests): Consul sends every field of each instance and check.
 type dumpNode struct {
-	ID, Node, Address string
-	// Hashed as Consul encodes them: Go's encoder sorts map keys.
-	TaggedAddresses, Meta json.RawMessage
+	ID, Node, Address     string
+	TaggedAddresses, Meta map[string]string
 	Services              []struct {
 		ID, Service string
 		ModifyIndex uint64
@@ -76,36 +77,25 @@ func (d *Discovery) locate(ctx context.Context, floor uint64, stale bool) (*loca
 }
 
 // readDigests reads the node dump into a digest per service name of
-// everything its instances' targets show: each instance's ModifyIndex,
-// its checks' and its node's (address, meta, node checks). A sum, so that
-// the order of the dump does not matter. It returns nil digests, and turns
-// locating off, when Consul does not serve the dump.
+// everything its instances' targets show (see answerDigest). It returns nil
+// digests, and turns locating off, when Consul does not serve the dump.
 func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (map[string]uint64, error) {
 	digests := map[string]uint64{}
 	var h digester
 	err := d.readDump(ctx, floor, stale, func(n *dumpNode) {
-		h.reset()
-		h.str(n.ID, n.Node, n.Address, string(n.TaggedAddresses), string(n.Meta))
+		var nodeChecks uint64
 		for _, c := range n.Checks {
 			if c.ServiceID == "" {
-				h.str(c.CheckID)
-				h.num(c.ModifyIndex)
+				nodeChecks += h.check(n.Node, "", c.CheckID, c.ModifyIndex)
 			}
 		}
-		node := h.Sum64()
+		node := h.node(n.ID, n.Node, n.Address, n.TaggedAddresses, n.Meta, nodeChecks)
 		for _, s := range n.Services {
-			h.reset()
-			h.num(node)
-			h.str(s.ID)
-			h.num(s.ModifyIndex)
-			digests[s.Service] += h.Sum64()
+			digests[s.Service] += h.instance(node, s.ID, s.ModifyIndex)
 		}
 		for _, c := range n.Checks {
 			if c.ServiceID != "" {
-				h.reset()
-				h.str(n.Node, c.ServiceID, c.CheckID)
-				h.num(c.ModifyIndex)
-				digests[c.ServiceName] += h.Sum64()
+				digests[c.ServiceName] += h.check(n.Node, c.ServiceID, c.CheckID, c.ModifyIndex)
 			}
 		}
 	})
@@ -135,14 +125,72 @@ func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V))
 	}
 }
 
+// answerDigest is the digest of a service from its answer: the same as
+// the dump's when both hold the same instances, checks and nodes. It is a
+// sum over the service's instances and checks, so that the order of the
+// answers does not matter. One difference remains: the dump adds a
+// consul-version key to the meta of a node at a cluster member's address
+// whose meta lacks it (registered by hand there, or by an older Consul; the
+// leader records it for the members it registers); such a node's services
+// never agree, and are read again from the leader whenever read.
+func answerDigest(entries []*api.ServiceEntry) uint64 {
+	var h digester
+	var sum uint64
+	for _, e := range entries {
+		var nodeChecks uint64
+		for _, c := range e.Checks {
+			if c.ServiceID == "" {
+				nodeChecks += h.check(e.Node.Node, "", c.CheckID, c.ModifyIndex)
+			}
+		}
+		node := h.node(e.Node.ID, e.Node.Node, e.Node.Address, e.Node.TaggedAddresses, e.Node.Meta, nodeChecks)
+		sum += h.instance(node, e.Service.ID, e.Service.ModifyIndex)
+		for _, c := range e.Checks {
+			if c.ServiceID != "" {
+				sum += h.check(e.Node.Node, c.ServiceID, c.CheckID, c.ModifyIndex)
+			}
+		}
+	}
+	return sum
+}
+
 var digestSeed = maphash.MakeSeed()
 
-// digester hashes the parts that name one thing. NUL cannot occur in
-// Consul's names, so different parts never give the same input.
+// digester hashes the parts of a digest. NUL cannot occur in Consul's
+// names, so different parts never give the same input.
 type digester struct{ maphash.Hash }
 
-func (h *digester) reset() {
+// node hashes what a node shows on its instances' targets; checks is the
+// sum of its own checks' digests.
+func (h *digester) node(id, node, address string, tagged, meta map[string]string, checks uint64) uint64 {
 	h.SetSeed(digestSeed)
+	h.str(id, node, address)
+	for _, m := range []map[string]string{tagged, meta} {
+		h.num(uint64(len(m)))
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			h.str(k, m[k])
+		}
+	}
+	h.num(checks)
+	return h.Sum64()
+}
+
+// instance hashes a service instance on a node: Consul moves its
+// ModifyIndex on any change to it.
+func (h *digester) instance(node uint64, id string, modify uint64) uint64 {
+	h.SetSeed(digestSeed)
+	h.num(node)
+	h.str(id)
+	h.num(modify)
+	return h.Sum64()
+}
+
+// check hashes a check, a node's own for an empty serviceID.
+func (h *digester) check(node, serviceID, checkID string, modify uint64) uint64 {
+	h.SetSeed(digestSeed)
+	h.str(node, serviceID, checkID)
+	h.num(modify)
+	return h.Sum64()
 }
 
 func (h *digester) str(parts ...string) {
