@@ -3,7 +3,8 @@
 // queries each one's instances, and sends a full snapshot only when every
 // query of the round succeeded, so a fault never deletes targets. Consul's
 // indexes let a round skip the per-service queries when nothing changed, or
-// when only health checks did.
+// when only health checks did; otherwise, in the tables watch, Consul's node
+// dump says which services to query (locate.go).
 package consulsd
 
 import (
