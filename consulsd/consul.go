@@ -111,6 +111,10 @@ type Config struct {
 	// left out) over every Discovery that shares it; nil gives each its
 	// own, of MaxConcurrency.
 	InFlight InFlight
+	// Dumps, when set, shares the node dump that locates changes between
+	// the Discoveries that read the same catalog with the same
+	// credentials; nil reads each its own.
+	Dumps *Dumps
 	// PrometheusEnvironment reads Consul's environment variables as
 	// Prometheus's Consul SD does, for a block of a configuration file:
 	// only a token ($CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE), a

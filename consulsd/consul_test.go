@@ -102,3 +102,24 @@ func TestCatalogStateBefore(t *testing.T) {
 		}
 	}
 }
+
+// TestNotServed: only an answer that says the node dump is not there at
+// all turns locating off for good; a token Consul does not know, or a
+// server error, fails the round as any other read would.
+func TestNotServed(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{api.StatusError{Code: 404, Body: "Not Found"}, true},
+		{fmt.Errorf("reading the node dump: %w", api.StatusError{Code: 403, Body: "Forbidden"}), true},
+		{api.StatusError{Code: 403, Body: "ACL not found"}, false},
+		{api.StatusError{Code: 500, Body: "No cluster leader"}, false},
+		{errors.New("connection refused"), false},
+		{nil, false},
+	} {
+		if got := notServed(tc.err); got != tc.want {
+			t.Errorf("notServed(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

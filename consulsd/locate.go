@@ -25,17 +25,19 @@ import (
 // every service instance on it with its ModifyIndex, and every check with
 // its own; Consul moves an instance's ModifyIndex on any change to it (a
 // port, an address, meta, tags), and a check's on any change to the check.
-// So everything a /v1/health/service answer shows is in it, and a round
-// compares it with the last round's, a digest per service, and queries only
-// the services whose digest moved. No change kind is left for a full round
-// to catch.
+// So everything a /v1/health/service answer shows is in it: a round
+// compares a digest per service with the last round's, and queries only
+// the services whose digest moved. No kind of change is left for a full
+// round to catch. The same digest of a service's answer, read with stale
+// reads, tells whether the server that answered was behind the dump.
 //
-// The dump is one request, but its size grows with the catalog (about a
-// kilobyte per instance), so it is read only when the services or nodes
-// table moved; a move of the checks table alone takes the cheaper health
-// round (health.go). The endpoint is internal to Consul: where it is not
-// served (a proxy that allows only public paths, a future Consul), rounds
-// fall back to querying every service.
+// The dump is one request, but it grows with the catalog (about 600 bytes
+// an instance with one check) and Consul spends CPU in proportion, so it
+// is read only when the services or nodes table moved; a move of the
+// checks table alone takes the cheaper health round (health.go). The
+// endpoint is internal to Consul: where it is not served (a proxy that
+// allows only public paths, a future Consul), rounds fall back to querying
+// every service.
 
 // dumpPath is the node dump's endpoint.
 const dumpPath = "/v1/internal/ui/nodes"
@@ -80,9 +82,30 @@ func (d *Discovery) locate(ctx context.Context, floor uint64, stale bool) (*loca
 // everything its instances' targets show (see answerDigest). It returns nil
 // digests, and turns locating off, when Consul does not serve the dump.
 func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (map[string]uint64, error) {
+	if d.cfg.Dumps == nil || d.confirming {
+		digests, _, err := d.readDigestsOnce(ctx, floor, stale)
+		return digests, err
+	}
+	// A dump another block read is as good as a new one if it is as new
+	// as this round's indexes.
+	shared := d.cfg.Dumps.get(d.cfg)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.digests != nil && shared.index >= floor {
+		return shared.digests, nil
+	}
+	digests, index, err := d.readDigestsOnce(ctx, floor, stale)
+	if digests != nil && index >= shared.index {
+		shared.digests, shared.index = digests, index
+	}
+	return digests, err
+}
+
+// readDigestsOnce reads the dump's digests, and its index.
+func (d *Discovery) readDigestsOnce(ctx context.Context, floor uint64, stale bool) (map[string]uint64, uint64, error) {
 	digests := map[string]uint64{}
 	var h digester
-	err := d.readDump(ctx, floor, stale, func(n *dumpNode) {
+	index, err := d.readDump(ctx, floor, stale, func(n *dumpNode) {
 		var nodeChecks uint64
 		for _, c := range n.Checks {
 			if c.ServiceID == "" {
@@ -99,15 +122,27 @@ func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (
 			}
 		}
 	})
-	if status := (api.StatusError{}); errors.As(err, &status) && (status.Code == http.StatusNotFound || status.Code == http.StatusForbidden) {
+	if notServed(err) {
 		level.Warn(d.logger).Log("msg", "Consul does not serve its node dump; every change now costs a query of every service", "path", dumpPath, "err", err)
 		d.noDump = true
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return digests, nil
+	return digests, index, nil
+}
+
+// notServed reports whether err says that Consul, or a proxy in front of
+// it, does not serve the node dump at all: 404, or a 403 that is not
+// about the token.
+func notServed(err error) bool {
+	var status api.StatusError
+	if !errors.As(err, &status) {
+		return false
+	}
+	return status.Code == http.StatusNotFound ||
+		status.Code == http.StatusForbidden && !strings.Contains(status.Body, "ACL not found")
 }
 
 // compare calls changed with the key of every entry of next that is new
@@ -209,7 +244,7 @@ func (h *digester) num(n uint64) {
 // instances the dump is about 100 MB of JSON: decoded whole, as Consul's
 // client does, it would double the adapter's memory for a moment on every
 // change.
-func (d *Discovery) readDump(ctx context.Context, floor uint64, stale bool, each func(*dumpNode)) error {
+func (d *Discovery) readDump(ctx context.Context, floor uint64, stale bool, each func(*dumpNode)) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
 	defer cancel()
 	opts := d.queryOptions(context.WithValue(ctx, bodySinkKey{}, bodySink(func(r io.Reader) error {
@@ -229,9 +264,9 @@ func (d *Discovery) readDump(ctx context.Context, floor uint64, stale bool, each
 		err = fmt.Errorf("at index %d, below %d: %w", meta.LastIndex, floor, errBehind)
 	}
 	if err != nil {
-		return fmt.Errorf("reading the node dump: %w", err)
+		return 0, fmt.Errorf("reading the node dump: %w", err)
 	}
-	return nil
+	return meta.LastIndex, nil
 }
 
 // eachElement calls each for every element of the JSON array in r, with

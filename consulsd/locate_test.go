@@ -330,3 +330,42 @@ func TestLocatedRoundSettles(t *testing.T) {
 		t.Errorf("the settling round made %d queries of svc-00…03, want 1 (svc-01's)", n)
 	}
 }
+
+// TestBlocksShareTheDump: Discoveries that read the same catalog with the
+// same credentials (the blocks of a configuration file) read one node dump
+// between them for a change, not one each, and each still sees its part.
+func TestBlocksShareTheDump(t *testing.T) {
+	agent := consultest.Start(t)
+	all := locatedCatalog(t, agent)
+	proxy := faultproxy.Start(t, agent.Addr)
+	dumps := consulsd.NewDumps()
+	blocks := map[string]*consulsd.Discovery{}
+	for _, svc := range []string{"svc-00", "svc-05"} {
+		blocks[svc], _ = newDiscovery(t, proxy.Addr, func(c *consulsd.Config) {
+			c.RefreshInterval = time.Hour
+			c.Services = []string{svc}
+			c.Dumps = dumps
+		})
+	}
+	for range 3 {
+		for _, d := range blocks {
+			refresh(t, d)
+		}
+	}
+	all[0].Port = 9990 // svc-00 on node-0
+	agent.RegisterInstance(t, all[0])
+	all[5].Port = 9995 // svc-05 on node-1
+	agent.RegisterInstance(t, all[5])
+
+	before := proxy.Requests(dumpPath)
+	for svc, d := range blocks {
+		node := map[string]string{"svc-00": "node-0", "svc-05": "node-1"}[svc]
+		want := map[string]string{"svc-00": "9990", "svc-05": "9995"}[svc]
+		if got := label(refresh(t, d)[svc], node, "__meta_consul_service_port"); got != want {
+			t.Errorf("%s's port is %q after the change, want %s", svc, got, want)
+		}
+	}
+	if n := proxy.Requests(dumpPath) - before; n != 1 {
+		t.Errorf("the two blocks read the node dump %d times for one change, want once", n)
+	}
+}

@@ -49,9 +49,11 @@ type runKey struct {
 }
 
 // NewEnv returns an Env. Every block takes its requests in flight from one
-// bound of base.MaxConcurrency.
+// bound of base.MaxConcurrency, and blocks that read the same catalog share
+// the node dump that locates its changes.
 func NewEnv(base consulsd.Config, logger log.Logger, reg prometheus.Registerer) *Env {
 	base.InFlight = consulsd.NewInFlight(base.MaxConcurrency)
+	base.Dumps = consulsd.NewDumps()
 	return &Env{Base: base, Logger: logger, Registerer: reg, running: map[runKey]*consulsd.Discovery{}}
 }
 
