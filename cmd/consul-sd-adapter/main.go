@@ -88,7 +88,7 @@ func run(args []string) int {
 	app.Flag("listen.address", "Address of the Consul HTTP API, host:port or a URL (default: $CONSUL_HTTP_ADDR, else localhost:8500). The name is kept from the upstream custom-sd example.").
 		StringVar(&cfg.Address)
 	app.Flag("listen-address", "Alias of --listen.address.").Hidden().StringVar(&cfg.Address)
-	app.Flag("refresh.interval", "Period of the full refresh of all services.").
+	app.Flag("refresh.interval", "Period of the refresh round: it reads the catalog's indexes, and queries the services that changed.").
 		Default(cfg.RefreshInterval.String()).SetValue(durationValue("refresh.interval", &cfg.RefreshInterval))
 	app.Flag("consul.token-file", "File holding the Consul ACL token (default: $CONSUL_HTTP_TOKEN_FILE or $CONSUL_HTTP_TOKEN). The token is never accepted as a flag.").
 		StringVar(&cfg.TokenFile)
