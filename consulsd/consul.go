@@ -190,6 +190,8 @@ type Discovery struct {
 	serviceIndexes map[string]uint64
 	wentBackwards  bool // in the last round, the leader's indexes were below the ones before
 	confirming     bool // the round reads from the leader with consistent reads
+	// watched holds what the watch's blocking queries last returned.
+	watched watchedIndexes
 	// resync makes the next round query every service, whatever the
 	// indexes say. It is set when Consul may have lost or replaced its
 	// state (a failed round, a failed watch): a restarted agent can come
@@ -463,6 +465,9 @@ func (d *Discovery) Run(ctx context.Context, ch chan<- []*targetgroup.Group) {
 			return
 		case <-timer.C:
 		case <-wake:
+			if d.sawEverything() {
+				continue // the last round read this move already
+			}
 			if limiter.Wait(ctx) != nil {
 				return
 			}

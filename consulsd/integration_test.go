@@ -479,6 +479,49 @@ func TestWatchWakesTheRound(t *testing.T) {
 	}
 }
 
+// TestWakesTheRoundSawAreSkipped: a registration moves the services and
+// the checks tables at once, and their blocking queries return one after
+// the other. The round the first one woke read both indexes; the second
+// wake starts no round of its own.
+func TestWakesTheRoundSawAreSkipped(t *testing.T) {
+	agent := consultest.Start(t)
+	web := consultest.Instance{Node: "n1", NodeAddress: "10.0.0.1", Service: "web", Port: 80}
+	agent.RegisterInstance(t, web)
+	d, reg := newDiscovery(t, agent.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := make(chan []*targetgroup.Group, 100)
+	go d.Run(ctx, ch)
+	waitFor := func(instances int) {
+		t.Helper()
+		for deadline := time.After(hangGuard); ; {
+			select {
+			case groups := <-ch:
+				for _, g := range groups {
+					if g.Source == "web" && len(g.Targets) == instances {
+						return
+					}
+				}
+			case <-deadline:
+				t.Fatalf("web never had %d instances", instances)
+			}
+		}
+	}
+	waitFor(1)
+	time.Sleep(time.Second) // the agent touches its own node after it starts
+
+	quiet := labeledCounter(t, reg, "consul_sd_adapter_rounds_total", "kind", "quiet")
+	for i := range 5 {
+		web.ID, web.Port = fmt.Sprintf("web-%d", i), 81+i
+		agent.RegisterInstance(t, web)
+		waitFor(2 + i)
+		time.Sleep(300 * time.Millisecond) // the second wake, if any, has come
+	}
+	if n := labeledCounter(t, reg, "consul_sd_adapter_rounds_total", "kind", "quiet") - quiet; n != 0 {
+		t.Errorf("%v quiet rounds after 5 registrations, want none: a wake the round before had read started one", n)
+	}
+}
+
 // TestWatchSurvivesAgentRestart: a restarted dev agent starts over with a
 // lower index. The watch must not keep blocking on the old one, or nothing
 // would wake the round until the refresh interval.

@@ -2,6 +2,7 @@ package consulsd
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-kit/log/level"
@@ -100,6 +101,40 @@ func (d *Discovery) watch(ctx context.Context, wake chan<- struct{}) (stop func(
 	return stop
 }
 
+// watchedIndexes holds the index each table's blocking query last
+// returned, 0 after it failed or went backwards: a wake whose indexes the
+// last round already read needs no round (see sawEverything).
+type watchedIndexes struct{ services, nodes, checks atomic.Uint64 }
+
+func (w *watchedIndexes) of(table string) *atomic.Uint64 {
+	switch table {
+	case "services":
+		return &w.services
+	case "nodes":
+		return &w.nodes
+	}
+	return &w.checks
+}
+
+// sawEverything reports whether the last round read every index the watch
+// has seen: a registration moves two or three tables at once, their
+// blocking queries return one after the other, and each wakes the loop.
+// Only Run's goroutine may call it.
+func (d *Discovery) sawEverything() bool {
+	if d.resync.Load() || d.unsettled || d.snapshot == nil {
+		return false
+	}
+	for _, t := range []struct {
+		watched *atomic.Uint64
+		read    uint64
+	}{{&d.watched.services, d.state.services}, {&d.watched.nodes, d.state.nodes}, {&d.watched.checks, d.state.checks}} {
+		if w := t.watched.Load(); w == 0 || w > t.read {
+			return false
+		}
+	}
+	return true
+}
+
 // watchIndex follows Consul's rules for blocking queries: the index never
 // goes below 1, is reset when it goes backwards (a restored snapshot,
 // another server) or after an error, and the client waits longer than the
@@ -124,6 +159,7 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 			// an older snapshot): an old index would then block until the
 			// wait ends instead of noticing the change.
 			index = 0
+			d.watched.of(q.name).Store(0)
 			d.resync.Store(true)
 			failures++
 			delay := retryDelay(failures, d.cfg.RefreshInterval)
@@ -139,6 +175,11 @@ func (d *Discovery) watchIndex(ctx context.Context, q indexQuery, wake chan<- st
 		failures = 0
 		// An index below 1 would make the next query return at once.
 		next := max(meta.LastIndex, 1)
+		if next < index {
+			d.watched.of(q.name).Store(0) // a round must look
+		} else {
+			d.watched.of(q.name).Store(next)
+		}
 		if index != 0 && next != index {
 			// Moved on, or went backwards (a restored snapshot, another
 			// server): either way refresh, and follow the server's index
