@@ -674,7 +674,7 @@ func (d *Discovery) round(ctx context.Context, stale, resync bool) ([]*targetgro
 			if seen := d.serviceIndexes[name]; stale && index < seen {
 				return fmt.Errorf("service %q at index %d, below %d: %w", name, index, seen, errBehind)
 			}
-			if verify && answerDigest(entries) != want[name] {
+			if verify && answerDigest(name, entries) != want[name] {
 				if entries, index, err = d.serviceInstances(gctx, name, false); err != nil {
 					return fmt.Errorf("querying service %q from the leader: %w", name, err)
 				}

@@ -47,14 +47,18 @@ const dumpPath = "/v1/internal/ui/nodes"
 type dumpNode struct {
 	ID, Node, Address     string
 	TaggedAddresses, Meta map[string]string
-	Services              []struct {
-		ID, Service string
-		ModifyIndex uint64
-	}
-	Checks []struct {
-		CheckID, ServiceID, ServiceName string
-		ModifyIndex                     uint64
-	}
+	Services              []dumpService
+	Checks                []dumpCheck
+}
+
+type dumpService struct {
+	ID, Service string
+	ModifyIndex uint64
+}
+
+type dumpCheck struct {
+	CheckID, ServiceID, ServiceName string
+	ModifyIndex                     uint64
 }
 
 // located is what a located round found: the digests it read, and the
@@ -73,9 +77,7 @@ func (d *Discovery) locate(ctx context.Context, floor uint64, stale bool) (*loca
 	if digests == nil || err != nil {
 		return nil, err
 	}
-	l := &located{digests: digests, dirty: map[string]bool{}}
-	compare(d.digests, digests, func(name string, _ uint64) { l.dirty[name] = true })
-	return l, nil
+	return &located{digests: digests, dirty: moved(d.digests, digests)}, nil
 }
 
 // readDigests reads the node dump into a digest per service name of
@@ -105,23 +107,7 @@ func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (
 func (d *Discovery) readDigestsOnce(ctx context.Context, floor uint64, stale bool) (map[string]uint64, uint64, error) {
 	digests := map[string]uint64{}
 	var h digester
-	index, err := d.readDump(ctx, floor, stale, func(n *dumpNode) {
-		var nodeChecks uint64
-		for _, c := range n.Checks {
-			if c.ServiceID == "" {
-				nodeChecks += h.check(n.Node, "", c.CheckID, c.ModifyIndex)
-			}
-		}
-		node := h.node(n.ID, n.Node, n.Address, n.TaggedAddresses, n.Meta, nodeChecks)
-		for _, s := range n.Services {
-			digests[s.Service] += h.instance(node, s.ID, s.ModifyIndex)
-		}
-		for _, c := range n.Checks {
-			if c.ServiceID != "" {
-				digests[c.ServiceName] += h.check(n.Node, c.ServiceID, c.CheckID, c.ModifyIndex)
-			}
-		}
-	})
+	index, err := d.readDump(ctx, floor, stale, func(n *dumpNode) { h.add(digests, n) })
 	if notServed(err) {
 		level.Warn(d.logger).Log("msg", "Consul does not serve its node dump; every change now costs a query of every service", "path", dumpPath, "err", err)
 		d.noDump = true
@@ -145,48 +131,43 @@ func notServed(err error) bool {
 		status.Code == http.StatusForbidden && !strings.Contains(status.Body, "ACL not found")
 }
 
-// compare calls changed with the key of every entry of next that is new
-// or differs from prev's, and of every entry of prev that is gone.
-func compare[K comparable, V comparable](prev, next map[K]V, changed func(K, V)) {
-	for k, v := range next {
-		if old, ok := prev[k]; !ok || old != v {
-			changed(k, v)
+// moved returns the services whose digest differs between prev and next,
+// those gone from next too.
+func moved(prev, next map[string]uint64) map[string]bool {
+	dirty := map[string]bool{}
+	for name, digest := range next {
+		if old, ok := prev[name]; !ok || old != digest {
+			dirty[name] = true
 		}
 	}
-	for k, old := range prev {
-		if _, ok := next[k]; !ok {
-			changed(k, old)
+	for name := range prev {
+		if _, ok := next[name]; !ok {
+			dirty[name] = true
 		}
 	}
+	return dirty
 }
 
-// answerDigest is the digest of a service from its answer: the same as
-// the dump's when both hold the same instances, checks and nodes. It is a
-// sum over the service's instances and checks, so that the order of the
-// answers does not matter. One difference remains: the dump adds a
-// consul-version key to the meta of a node at a cluster member's address
-// whose meta lacks it (registered by hand there, or by an older Consul; the
-// leader records it for the members it registers); such a node's services
-// never agree, and are read again from the leader whenever read.
-func answerDigest(entries []*api.ServiceEntry) uint64 {
+// answerDigest is the digest of a service from its answer, as the dump's
+// is made (each entry is one node with one instance): the two agree when
+// both hold the same instances, checks and nodes. One difference remains:
+// the dump adds a consul-version key to the meta of a node at a cluster
+// member's address whose meta lacks it (registered by hand there, or by an
+// older Consul; the leader records it for the members it registers); such
+// a node's services never agree, and are read again from the leader
+// whenever read.
+func answerDigest(name string, entries []*api.ServiceEntry) uint64 {
 	var h digester
-	var sum uint64
+	digests := map[string]uint64{}
 	for _, e := range entries {
-		var nodeChecks uint64
+		n := dumpNode{ID: e.Node.ID, Node: e.Node.Node, Address: e.Node.Address, TaggedAddresses: e.Node.TaggedAddresses, Meta: e.Node.Meta}
+		n.Services = append(n.Services, dumpService{ID: e.Service.ID, Service: e.Service.Service, ModifyIndex: e.Service.ModifyIndex})
 		for _, c := range e.Checks {
-			if c.ServiceID == "" {
-				nodeChecks += h.check(e.Node.Node, "", c.CheckID, c.ModifyIndex)
-			}
+			n.Checks = append(n.Checks, dumpCheck{CheckID: c.CheckID, ServiceID: c.ServiceID, ServiceName: c.ServiceName, ModifyIndex: c.ModifyIndex})
 		}
-		node := h.node(e.Node.ID, e.Node.Node, e.Node.Address, e.Node.TaggedAddresses, e.Node.Meta, nodeChecks)
-		sum += h.instance(node, e.Service.ID, e.Service.ModifyIndex)
-		for _, c := range e.Checks {
-			if c.ServiceID != "" {
-				sum += h.check(e.Node.Node, c.ServiceID, c.CheckID, c.ModifyIndex)
-			}
-		}
+		h.add(digests, &n)
 	}
-	return sum
+	return digests[name]
 }
 
 var digestSeed = maphash.MakeSeed()
@@ -194,6 +175,28 @@ var digestSeed = maphash.MakeSeed()
 // digester hashes the parts of a digest. NUL cannot occur in Consul's
 // names, so different parts never give the same input.
 type digester struct{ maphash.Hash }
+
+// add adds what a node holds to the digests of its services: each
+// instance, with its node (address, meta, the node's own checks), and each
+// check of an instance. Sums, so that the order of nodes, instances and
+// checks does not matter.
+func (h *digester) add(digests map[string]uint64, n *dumpNode) {
+	var nodeChecks uint64
+	for _, c := range n.Checks {
+		if c.ServiceID == "" {
+			nodeChecks += h.check(n.Node, "", c.CheckID, c.ModifyIndex)
+		}
+	}
+	node := h.node(n.ID, n.Node, n.Address, n.TaggedAddresses, n.Meta, nodeChecks)
+	for _, s := range n.Services {
+		digests[s.Service] += h.instance(node, s.ID, s.ModifyIndex)
+	}
+	for _, c := range n.Checks {
+		if c.ServiceID != "" {
+			digests[c.ServiceName] += h.check(n.Node, c.ServiceID, c.CheckID, c.ModifyIndex)
+		}
+	}
+}
 
 // node hashes what a node shows on its instances' targets; checks is the
 // sum of its own checks' digests.

@@ -46,6 +46,48 @@ func rounds(t *testing.T, reg *prometheus.Registry, kind string) float64 {
 // dumpPath is Consul's node dump, which located rounds read.
 const dumpPath = "/v1/internal/ui/nodes"
 
+// locatedSetup is an agent holding locatedCatalog behind a proxy, and a
+// Discovery through the proxy that has run its first rounds.
+type locatedSetup struct {
+	agent *consultest.Agent
+	all   []consultest.Instance
+	proxy *faultproxy.Proxy
+	d     *consulsd.Discovery
+	reg   *prometheus.Registry
+}
+
+// startLocated starts a locatedSetup, the Discovery with an hour's refresh
+// interval (no round a test does not make) and configure applied, after
+// three rounds: the agent touches its own node and checks after it starts.
+func startLocated(t *testing.T, configure func(*consulsd.Config)) locatedSetup {
+	agent := consultest.Start(t)
+	all := locatedCatalog(t, agent)
+	proxy := faultproxy.Start(t, agent.Addr)
+	d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) {
+		c.RefreshInterval = time.Hour
+		if configure != nil {
+			configure(c)
+		}
+	})
+	for range 3 {
+		refresh(t, d)
+	}
+	return locatedSetup{agent, all, proxy, d, reg}
+}
+
+// lagSvc01 makes l's proxy answer svc-01's stale reads as a server that
+// has not applied what comes next, then adds a tag to svc-01; it returns
+// svc-01's path.
+func (l locatedSetup) lagSvc01(t *testing.T) string {
+	const path = "/v1/health/service/svc-01"
+	l.proxy.Set(path, faultproxy.Lagging)
+	l.proxy.Keep(path) // the lagging server's svc-01: before the change
+	web := l.all[1]
+	web.Tags = []string{"a", "b"}
+	l.agent.RegisterInstance(t, web)
+	return path
+}
+
 // TestLocatedRoundsQueryOnlyWhatChanged: in the tables watch, a round
 // compares Consul's node dump with the previous round's and queries only
 // the services whose instances, checks or nodes moved, whatever the kind of
@@ -201,13 +243,8 @@ func TestWithoutTheNodeDump(t *testing.T) {
 // for good (the next round's indexes would not move again). The round
 // reads again from the leader instead.
 func TestLaggingDumpIsNotTrusted(t *testing.T) {
-	agent := consultest.Start(t)
-	all := locatedCatalog(t, agent)
-	proxy := faultproxy.Start(t, agent.Addr)
-	d, _ := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
-	for range 3 {
-		refresh(t, d)
-	}
+	l := startLocated(t, nil)
+	agent, all, proxy, d := l.agent, l.all, l.proxy, l.d
 	proxy.Keep(dumpPath) // the lagging server's dump: before the change
 	proxy.Set(dumpPath, faultproxy.Lagging)
 	all[7].Meta = map[string]string{"version": "2"}
@@ -261,19 +298,9 @@ func TestLocatedRoundSeesWhatAFilterLetsIn(t *testing.T) {
 // agree with the node dump, so the round reads it again from the leader,
 // and owes no settling round.
 func TestLaggingAnswerIsReadAgain(t *testing.T) {
-	agent := consultest.Start(t)
-	all := locatedCatalog(t, agent)
-	proxy := faultproxy.Start(t, agent.Addr)
-	d, _ := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) { c.RefreshInterval = time.Hour })
-	for range 3 {
-		refresh(t, d)
-	}
-	web := all[1] // svc-01
-	const path = "/v1/health/service/svc-01"
-	proxy.Set(path, faultproxy.Lagging)
-	proxy.Keep(path) // the lagging server's svc-01: before the change
-	web.Tags = []string{"a", "b"}
-	agent.RegisterInstance(t, web)
+	l := startLocated(t, nil)
+	proxy, d := l.proxy, l.d
+	path := l.lagSvc01(t)
 
 	before := proxy.Requests(path)
 	if got := label(refresh(t, d)["svc-01"], "node-0", "__meta_consul_tags"); got != ",a,b," {
@@ -295,22 +322,9 @@ func TestLaggingAnswerIsReadAgain(t *testing.T) {
 // behind the change; the settling round reads that service, and only that
 // one, again from the leader.
 func TestLocatedRoundSettles(t *testing.T) {
-	agent := consultest.Start(t)
-	all := locatedCatalog(t, agent)
-	proxy := faultproxy.Start(t, agent.Addr)
-	d, reg := newDiscovery(t, proxy.Addr, func(c *consulsd.Config) {
-		c.RefreshInterval = time.Hour
-		c.Tags = []string{"a"}
-	})
-	for range 3 {
-		refresh(t, d)
-	}
-	web := all[1] // svc-01
-	const path = "/v1/health/service/svc-01"
-	proxy.Set(path, faultproxy.Lagging)
-	proxy.Keep(path) // the lagging server's svc-01: before the change
-	web.Tags = []string{"a", "b"}
-	agent.RegisterInstance(t, web)
+	l := startLocated(t, func(c *consulsd.Config) { c.Tags = []string{"a"} })
+	proxy, d, reg := l.proxy, l.d, l.reg
+	l.lagSvc01(t)
 
 	tags := func(groups map[string]*targetgroup.Group) string {
 		return label(groups["svc-01"], "node-0", "__meta_consul_tags")

@@ -124,15 +124,8 @@ func (d *Discovery) sawEverything() bool {
 	if d.resync.Load() || d.unsettled || d.snapshot == nil {
 		return false
 	}
-	for _, t := range []struct {
-		watched *atomic.Uint64
-		read    uint64
-	}{{&d.watched.services, d.state.services}, {&d.watched.nodes, d.state.nodes}, {&d.watched.checks, d.state.checks}} {
-		if w := t.watched.Load(); w == 0 || w > t.read {
-			return false
-		}
-	}
-	return true
+	w := catalogState{d.watched.services.Load(), d.watched.nodes.Load(), d.watched.checks.Load()}
+	return w.services != 0 && w.nodes != 0 && w.checks != 0 && !d.state.before(w)
 }
 
 // watchIndex follows Consul's rules for blocking queries: the index never
