@@ -58,6 +58,8 @@ type Adapter struct {
 	ready     atomic.Bool
 	// current is the last snapshot written, for http_sd and the status page.
 	current atomic.Pointer[Snapshot]
+	// previous is the file as last written, to copy unchanged groups from.
+	previous previousFile
 }
 
 // Snapshot is the state of the output as of the last successful update.
@@ -122,16 +124,24 @@ func (a *Adapter) Run(ctx context.Context, d discovery.Discoverer) error {
 }
 
 // Update writes groups to the output file if the content changed. It
-// renders straight into the next file: when that turns out to be what the
+// renders straight into the next file, copying the groups it wrote last
+// time from the file it wrote them to: when that turns out to be what the
 // file already holds, the temporary file is dropped unsynced.
 func (a *Adapter) Update(groups []*targetgroup.Group) error {
+	spans := make(map[*targetgroup.Group]span, len(groups))
+	var copied *os.File // the new file, to copy from next time
 	f, err := CreateAtomic(a.path, a.mode)
 	if err == nil {
-		if err = Write(f, groups, a.format); err != nil {
+		err = writeFile(f, sortGroups(groups), a.format, a.previous.begin(), spans)
+		if err == nil {
+			copied, err = f.Open()
+		}
+		if err != nil {
 			f.Abort()
 		}
 	}
 	if err != nil {
+		a.previous.forget() // in case reading it failed
 		a.metrics.writeFailures.Inc()
 		return err
 	}
@@ -139,8 +149,18 @@ func (a *Adapter) Update(groups []*targetgroup.Group) error {
 	snap := &Snapshot{Groups: groups, Updated: now, Written: a.writtenAt}
 	if d := f.Digest(); d == a.written {
 		f.Abort()
+		copied.Close()
+		if a.previous.file != nil {
+			a.previous.spans = spans // the same bytes, so the same places
+		}
 	} else {
-		if err := f.Commit(); errors.Is(err, ErrDirNotSynced) {
+		err := f.Commit()
+		if err == nil || errors.Is(err, ErrDirNotSynced) {
+			a.previous.replace(copied, spans)
+		} else {
+			copied.Close()
+		}
+		if errors.Is(err, ErrDirNotSynced) {
 			// The file holds the new content: retrying would find it
 			// there and write nothing.
 			a.metrics.dirSyncFailures.Inc()

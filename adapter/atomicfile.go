@@ -51,6 +51,15 @@ func (f *AtomicFile) Write(p []byte) (int, error) {
 // Digest identifies the content written so far.
 func (f *AtomicFile) Digest() Digest { return f.sum.digest() }
 
+// Open opens the content for reading. Once committed, the handle reads the
+// file as committed, even after a later Commit replaced it.
+func (f *AtomicFile) Open() (*os.File, error) {
+	if err := f.buf.Flush(); err != nil {
+		return nil, err
+	}
+	return os.Open(f.tmp.Name())
+}
+
 // Abort removes the temporary file and leaves path as it was.
 func (f *AtomicFile) Abort() {
 	f.tmp.Close()

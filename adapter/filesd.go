@@ -120,28 +120,36 @@ type pendingTarget struct {
 // only valid during the call.
 func (c *converter) each(groups []*targetgroup.Group, fn func(target string, labels []Label) error) error {
 	for _, g := range sortGroups(groups) {
-		c.groupLabels = appendSorted(c.groupLabels[:0], g.Labels)
-		c.arena, c.targets = c.arena[:0], c.targets[:0]
-		for _, t := range g.Targets {
-			addr := t[model.AddressLabel]
-			if addr == "" {
-				continue // no address: nothing to scrape
-			}
-			c.own = appendSorted(c.own[:0], t)
-			lo := len(c.arena)
-			c.arena = appendMerged(c.arena, c.own, c.groupLabels)
-			c.targets = append(c.targets, pendingTarget{addr: string(addr), lo: lo, hi: len(c.arena)})
+		if err := c.group(g, fn); err != nil {
+			return err
 		}
-		slices.SortFunc(c.targets, func(a, b pendingTarget) int {
-			if c := strings.Compare(a.addr, b.addr); c != 0 {
-				return c
-			}
-			return slices.CompareFunc(c.arena[a.lo:a.hi], c.arena[b.lo:b.hi], compareLabels)
-		})
-		for _, t := range c.targets {
-			if err := fn(t.addr, c.arena[t.lo:t.hi]); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// group calls fn for every target of g, by address.
+func (c *converter) group(g *targetgroup.Group, fn func(target string, labels []Label) error) error {
+	c.groupLabels = appendSorted(c.groupLabels[:0], g.Labels)
+	c.arena, c.targets = c.arena[:0], c.targets[:0]
+	for _, t := range g.Targets {
+		addr := t[model.AddressLabel]
+		if addr == "" {
+			continue // no address: nothing to scrape
+		}
+		c.own = appendSorted(c.own[:0], t)
+		lo := len(c.arena)
+		c.arena = appendMerged(c.arena, c.own, c.groupLabels)
+		c.targets = append(c.targets, pendingTarget{addr: string(addr), lo: lo, hi: len(c.arena)})
+	}
+	slices.SortFunc(c.targets, func(a, b pendingTarget) int {
+		if c := strings.Compare(a.addr, b.addr); c != 0 {
+			return c
+		}
+		return slices.CompareFunc(c.arena[a.lo:a.hi], c.arena[b.lo:b.hi], compareLabels)
+	})
+	for _, t := range c.targets {
+		if err := fn(t.addr, c.arena[t.lo:t.hi]); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -222,34 +230,97 @@ func FormatOf(path string) (Format, error) {
 // group's entries at a time. An empty list is "[]", which file_sd reads as
 // "no targets"; an empty file would be a parse error.
 func Write(w io.Writer, groups []*targetgroup.Group, f Format) error {
-	var c converter
-	var buf []byte
-	n := 0
-	writeEntry := func(target string, labels []Label) error {
-		buf = buf[:0]
+	return writeFile(w, sortGroups(groups), f, nil, nil)
+}
+
+// The bytes around JSON entries.
+var (
+	jsonOpen  = []byte("[\n")
+	jsonComma = []byte(",\n")
+	jsonClose = []byte("\n]\n")
+	emptyList = []byte("[]\n")
+)
+
+// writeFile is Write of groups already in file order. A group that prev
+// holds is copied from there rather than converted and encoded again: the
+// same group gives the same bytes. If spans is not nil, it records where
+// each group's entries are in what it wrote.
+func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previousFile, spans map[*targetgroup.Group]span) error {
+	var (
+		c   converter
+		buf []byte
+		pos int64 // bytes written
+		any bool  // entries written
+	)
+	// separator goes before an entry: the array's opening or a comma in
+	// JSON, nothing in YAML's block list.
+	separator := func() []byte {
 		switch {
 		case f == YAML:
-			buf = appendYAMLEntry(buf, target, labels)
-		case n == 0:
-			buf = appendJSONEntry(append(buf, "[\n"...), target, labels)
+			return nil
+		case !any:
+			return jsonOpen
 		default:
-			buf = appendJSONEntry(append(buf, ",\n"...), target, labels)
+			return jsonComma
 		}
-		n++
-		_, err := w.Write(buf)
+	}
+	record := func(g *targetgroup.Group, s span) {
+		if spans != nil {
+			spans[g] = s
+		}
+	}
+	put := func(b []byte) error {
+		n, err := w.Write(b)
+		pos += int64(n)
 		return err
 	}
-	if err := c.each(groups, writeEntry); err != nil {
-		return err
+	for _, g := range sorted {
+		if s, ok := prev.span(g); ok {
+			if s.n == 0 {
+				record(g, span{off: pos})
+				continue
+			}
+			if err := put(separator()); err != nil {
+				return err
+			}
+			record(g, span{off: pos, n: s.n})
+			n, err := prev.copy(w, s)
+			pos += n
+			if err != nil {
+				return err
+			}
+			any = true
+			continue
+		}
+		start := int64(-1)
+		err := c.group(g, func(target string, labels []Label) error {
+			buf = append(buf[:0], separator()...)
+			if start < 0 {
+				start = pos + int64(len(buf))
+			}
+			if f == YAML {
+				buf = appendYAMLEntry(buf, target, labels)
+			} else {
+				buf = appendJSONEntry(buf, target, labels)
+			}
+			any = true
+			return put(buf)
+		})
+		if err != nil {
+			return err
+		}
+		if start < 0 {
+			start = pos
+		}
+		record(g, span{off: start, n: pos - start})
 	}
-	end := "\n]\n"
-	if n == 0 {
-		end = "[]\n"
-	} else if f == YAML {
-		end = ""
+	switch {
+	case !any:
+		return put(emptyList)
+	case f == JSON:
+		return put(jsonClose)
 	}
-	_, err := io.WriteString(w, end)
-	return err
+	return nil
 }
 
 // Render is Write to memory, for tests and small outputs.
