@@ -47,6 +47,7 @@ func run(args []string) int {
 		churnLarge    = fs.Int("churn-large", 10000, "services in the larger catalog of the churn test (adapter only); 0 for none")
 		churnChanges  = fs.Int("churn-changes", 66, "changes in each churn window, one a second, cycling through every kind")
 		churnQuiet    = fs.Duration("churn-quiet", 30*time.Second, "quiet window before each churn window")
+		churnAgent    = fs.String("churn-agent", "server", "the agent of the churn test: server (a single server as deployed) or dev (consul agent -dev, which indents every answer)")
 		churnOnly     = fs.String("churn-observers", "", "run only the churn observers whose name contains this (\"tables\", \"per-service\", \"built-in\"); default all")
 		only          = fs.String("only", "", "comma-separated subset to run: render, cold, quiet, prop, churn, large (default all; large needs -large)")
 		out           = fs.String("out", "docs/benchmarks.md", "file to write the report to, relative to the module root; empty for none")
@@ -82,10 +83,11 @@ func run(args []string) int {
 	defer top.close()
 
 	rep := &report{
-		flags:    strings.Join(args, " "),
-		cat:      catalog{services: *services, instances: *instances},
-		largeCat: catalog{services: *largeServices, instances: *instances},
-		largeRun: want("large"),
+		flags:      strings.Join(args, " "),
+		cat:        catalog{services: *services, instances: *instances},
+		largeCat:   catalog{services: *largeServices, instances: *instances},
+		largeRun:   want("large"),
+		churnAgent: *churnAgent,
 	}
 	consulBin, err := consultest.BinaryPath()
 	if err != nil {
@@ -188,7 +190,7 @@ func run(args []string) int {
 	}
 	if want("churn") {
 		rep.churn, rep.churnErr = within(func(sc *scope) ([]*churnResult, error) {
-			return runChurn(ctx, sc, consulBin, rep.bin, *churnServices, *churnLarge, *instances, *churnChanges, *churnQuiet, *churnOnly)
+			return runChurn(ctx, sc, consulBin, rep.bin, *churnAgent, *churnServices, *churnLarge, *instances, *churnChanges, *churnQuiet, *churnOnly)
 		})
 		logErr("churn", rep.churnErr)
 	}
@@ -259,7 +261,7 @@ func agentWith(ctx context.Context, sc *scope, bin, name string, cat catalog) (*
 // runChurn starts an agent that serves HTTP and HTTPS, measures every
 // observer under churn at services, then grows the catalog to large and
 // measures the adapter again.
-func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin, services, large, instances, changes int, quiet time.Duration, only string) ([]*churnResult, error) {
+func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin, agent string, services, large, instances, changes int, quiet time.Duration, only string) ([]*churnResult, error) {
 	chosen := func(os ...churnObserver) []churnObserver {
 		return slices.DeleteFunc(os, func(o churnObserver) bool { return !strings.Contains(o.name, only) })
 	}
@@ -267,12 +269,20 @@ func runChurn(ctx context.Context, sc *scope, consulBin string, bin *adapterBin,
 	if err != nil {
 		return nil, err
 	}
-	log.Print("starting consul agent bench-churn (HTTP and HTTPS)")
-	a, err := consultest.Launch(consulBin, sc.dir,
+	opts := []consultest.Option{
 		consultest.WithHTTPS(ca, cert, key),
 		consultest.WithHCL(fmt.Sprintf("limits { http_max_conns_per_client = %d }", maxConnsPerClient)),
 		consultest.WithHCL(`log_level = "info"`),
-	)
+	}
+	switch agent {
+	case "server":
+		opts = append(opts, consultest.AsServer())
+	case "dev":
+	default:
+		return nil, fmt.Errorf("-churn-agent %q: want server or dev", agent)
+	}
+	log.Printf("starting consul agent bench-churn (%s, HTTP and HTTPS)", agent)
+	a, err := consultest.Launch(consulBin, sc.dir, opts...)
 	if a != nil {
 		sc.cleanup(a.Stop)
 	}

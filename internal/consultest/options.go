@@ -51,6 +51,13 @@ func WithHTTPS(caFile, certFile, keyFile string) Option {
 	}
 }
 
+// AsServer starts a single server as deployed instead of a dev agent: raft
+// on disk, and answers not indented (a dev agent indents every JSON answer,
+// which costs it CPU in proportion to the answer's size).
+func AsServer() Option {
+	return func(c *config) { c.role, c.servers = "server", 1 }
+}
+
 // WithHCL adds a fragment of agent configuration, passed with -hcl, for
 // example `limits { http_max_conns_per_client = 8192 }`.
 func WithHCL(fragment string) Option {
