@@ -247,10 +247,10 @@ var (
 // each group's entries are in what it wrote.
 func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previousFile, spans map[*targetgroup.Group]span) error {
 	var (
-		c   converter
-		buf []byte
-		pos int64 // bytes written
-		any bool  // entries written
+		c     converter
+		buf   []byte
+		pos   int64 // bytes written
+		wrote bool  // an entry
 	)
 	// separator goes before an entry: the array's opening or a comma in
 	// JSON, nothing in YAML's block list.
@@ -258,7 +258,7 @@ func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previou
 		switch {
 		case f == YAML:
 			return nil
-		case !any:
+		case !wrote:
 			return jsonOpen
 		default:
 			return jsonComma
@@ -289,7 +289,7 @@ func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previou
 			if err != nil {
 				return err
 			}
-			any = true
+			wrote = true
 			continue
 		}
 		start := int64(-1)
@@ -303,7 +303,7 @@ func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previou
 			} else {
 				buf = appendJSONEntry(buf, target, labels)
 			}
-			any = true
+			wrote = true
 			return put(buf)
 		})
 		if err != nil {
@@ -315,7 +315,7 @@ func writeFile(w io.Writer, sorted []*targetgroup.Group, f Format, prev *previou
 		record(g, span{off: start, n: pos - start})
 	}
 	switch {
-	case !any:
+	case !wrote:
 		return put(emptyList)
 	case f == JSON:
 		return put(jsonClose)
