@@ -210,7 +210,9 @@ type Discovery struct {
 	digests map[string]uint64
 	// noDump says that Consul does not serve the node dump: rounds are
 	// not located.
-	noDump   bool
+	noDump bool
+	// dump is the node dump shared through Config.Dumps, once read.
+	dump     *sharedDump
 	snapshot []*targetgroup.Group
 	sent     map[string]struct{}
 	targets  int

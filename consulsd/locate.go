@@ -90,7 +90,10 @@ func (d *Discovery) readDigests(ctx context.Context, floor uint64, stale bool) (
 	}
 	// A dump another block read is as good as a new one if it is as new
 	// as this round's indexes.
-	shared := d.cfg.Dumps.get(d.cfg)
+	if d.dump == nil {
+		d.dump = d.cfg.Dumps.get(d.cfg)
+	}
+	shared := d.dump
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.digests != nil && shared.index >= floor {
