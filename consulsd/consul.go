@@ -889,11 +889,17 @@ func registeredAs(name string, entries []*api.ServiceEntry) []*api.ServiceEntry 
 }
 
 // readAs makes opts a round's read: from any server with stale reads,
-// else from the leader, with consistent reads while the round confirms
-// an answer that was behind (see refresh).
+// else from the leader. Where stale reads are allowed, a read sent to the
+// leader is there to confirm something (an answer that was behind, one
+// that disagrees with the node dump, a settling read, the first round's),
+// and it is a consistent read: a leader just elected answers other reads
+// from what it has applied, which can be far behind its log until its
+// first commit, and it refuses consistent reads until then. With
+// --no-consul.allow-stale the user chose Consul's default mode, and a
+// consistent read only confirms an answer that was behind (see refresh).
 func (d *Discovery) readAs(opts *api.QueryOptions, stale bool) {
 	opts.AllowStale = stale
-	opts.RequireConsistent = !stale && d.confirming
+	opts.RequireConsistent = !stale && (d.cfg.AllowStale || d.confirming)
 }
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {

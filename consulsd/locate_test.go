@@ -383,3 +383,34 @@ func TestBlocksShareTheDump(t *testing.T) {
 		t.Errorf("the two blocks read the node dump %d times for one change, want once", n)
 	}
 }
+
+// TestNewLeaderConfirmsNothing: an answer that disagrees with the dump is
+// read again from the leader, and a leader just elected answers ordinary
+// reads from what it has applied, which can lack the change (in a cluster
+// test it lacked a whole instance, which left the file for good). The
+// read again is a consistent one, which such a leader refuses: the round
+// fails and keeps the targets, and the next one, once the leader caught
+// up, reads the change.
+func TestNewLeaderConfirmsNothing(t *testing.T) {
+	l := startLocated(t, nil)
+	proxy, d := l.proxy, l.d
+	const path = "/v1/health/service/svc-01"
+	proxy.Keep(path) // what the new leader has applied: svc-01 before the change
+	proxy.Set(path, faultproxy.NewLeader)
+	web := l.all[1]
+	web.Tags = []string{"a", "b"}
+	l.agent.RegisterInstance(t, web)
+
+	if groups, err := d.Refresh(t.Context()); err == nil {
+		for _, g := range groups {
+			if g.Source == "svc-01" {
+				t.Fatalf("the round took svc-01 from a leader that had not applied the change (tags %q)", label(g, "node-0", "__meta_consul_tags"))
+			}
+		}
+		t.Fatal("the round succeeded without svc-01")
+	}
+	proxy.ClearAll()
+	if got := label(refresh(t, d)["svc-01"], "node-0", "__meta_consul_tags"); got != ",a,b," {
+		t.Errorf("once the leader caught up, svc-01 has tags %q, want ,a,b,", got)
+	}
+}
