@@ -406,6 +406,10 @@ func (c *churner) make(ctx context.Context, kind string, tr *churnTracker) (*chu
 			c.added = append(c.added, ch)
 		}
 		reg := c.cat.registration(ref, n, s, 30000+c.seq%30000)
+		// The node exists, and a node change may have moved its meta or
+		// address since: registering its first fields again would be
+		// a node change too, touching every service on it.
+		reg.SkipNodeUpdate = true
 		status := api.HealthPassing
 		if c.seq%2 == 0 {
 			status = api.HealthCritical
