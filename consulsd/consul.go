@@ -189,7 +189,7 @@ type Discovery struct {
 	// in the snapshot: an answer below it comes from a server behind.
 	serviceIndexes map[string]uint64
 	wentBackwards  bool // in the last round, the leader's indexes were below the ones before
-	confirming     bool // the round reads from the leader with consistent reads
+	confirming     bool // the round reads again from the leader an answer that was behind
 	// watched holds what the watch's blocking queries last returned.
 	watched watchedIndexes
 	// resync makes the next round query every service, whatever the
@@ -562,9 +562,8 @@ func (d *Discovery) refresh(ctx context.Context) ([]*targetgroup.Group, bool, er
 		// dev agent), and that is the truth now.
 		d.metrics.behindAnswers.Inc()
 		level.Debug(d.logger).Log("msg", "A lagging server answered; reading the round again from the leader", "err", err)
-		// A consistent read: a leader just elected serves what it has
-		// applied, which can be far behind its log until its first
-		// commit, and it refuses consistent reads until then.
+		// Consistent reads (see readAs), and a dump of its own: the
+		// shared one may be the lagging server's.
 		d.confirming = true
 		groups, changed, err = d.round(ctx, false, resync)
 		d.confirming = false
@@ -895,11 +894,11 @@ func registeredAs(name string, entries []*api.ServiceEntry) []*api.ServiceEntry 
 // and it is a consistent read: a leader just elected answers other reads
 // from what it has applied, which can be far behind its log until its
 // first commit, and it refuses consistent reads until then. With
-// --no-consul.allow-stale the user chose Consul's default mode, and a
-// consistent read only confirms an answer that was behind (see refresh).
+// --no-consul.allow-stale the user chose Consul's default mode; no answer
+// is then found behind, so none is confirmed.
 func (d *Discovery) readAs(opts *api.QueryOptions, stale bool) {
 	opts.AllowStale = stale
-	opts.RequireConsistent = !stale && (d.cfg.AllowStale || d.confirming)
+	opts.RequireConsistent = !stale && d.cfg.AllowStale
 }
 
 func (d *Discovery) queryOptions(ctx context.Context) *api.QueryOptions {
