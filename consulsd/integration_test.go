@@ -364,11 +364,17 @@ func TestQuietRoundsMissNoChange(t *testing.T) {
 	// checks), which rightly costs a full round and its settling; without
 	// the shortcut, every one of the ten rounds would query the service.
 	before := proxy.Requests("/v1/health/service/web")
+	scansBefore := proxy.Requests("/v1/health/state/any")
 	for range 10 {
 		check("a quiet round")
 	}
 	if n := proxy.Requests("/v1/health/service/web") - before; n > 3 {
 		t.Errorf("%d per-service queries in 10 quiet rounds, want at most 3", n)
+	}
+	// A quiet round reads the checks table's index where Consul iterates
+	// no checks; a state query filters every check of the catalog.
+	if n := proxy.Requests("/v1/health/state/any") - scansBefore; n > 0 {
+		t.Errorf("%d health state queries in 10 quiet rounds, want none", n)
 	}
 	if n := proxy.GzipRequests(); n > 0 {
 		t.Errorf("%d requests asked Consul to gzip its answer, want none", n)

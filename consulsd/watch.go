@@ -68,26 +68,40 @@ func indexQueries(c *api.Client) []indexQuery {
 	}
 }
 
+// noSuchService is a service name nobody registers. Consul answers a
+// service's checks with the index of the whole checks table, so asking for
+// this one's reads that index without the filter pass over every check that
+// the watch's query costs (about 10 ms of the agent's CPU at 10,000 checks).
+// It only serves plain reads: a blocking query on it would wait on this
+// name's checks, not the table's.
+const noSuchService = "consul-sd-adapter-no-such-service"
+
 // readState reads the nodes and checks indexes; the services index comes
 // from the round's own service listing.
 func (d *Discovery) readState(ctx context.Context, servicesIndex uint64, stale bool) (catalogState, error) {
-	state := catalogState{services: servicesIndex}
-	for _, q := range indexQueries(d.client)[1:] {
+	read := func(query func(*api.QueryOptions) (*api.QueryMeta, error)) (uint64, error) {
 		rctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+		defer cancel()
 		opts := d.queryOptions(rctx)
 		d.readAs(opts, stale)
-		meta, err := q.query(opts)
-		cancel()
+		meta, err := query(opts)
 		if err != nil {
-			return catalogState{}, err
+			return 0, err
 		}
-		if q.name == "nodes" {
-			state.nodes = meta.LastIndex
-		} else {
-			state.checks = meta.LastIndex
-		}
+		return meta.LastIndex, nil
 	}
-	return state, nil
+	nodes, err := read(indexQueries(d.client)[1].query)
+	if err != nil {
+		return catalogState{}, err
+	}
+	checks, err := read(func(o *api.QueryOptions) (*api.QueryMeta, error) {
+		_, meta, err := d.client.Health().Checks(noSuchService, o)
+		return meta, err
+	})
+	if err != nil {
+		return catalogState{}, err
+	}
+	return catalogState{services: servicesIndex, nodes: nodes, checks: checks}, nil
 }
 
 // watch runs one blocking query per table and signals wake whenever an index

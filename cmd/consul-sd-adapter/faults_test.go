@@ -33,9 +33,13 @@ import (
 // webPath is the per-service query of the "web" service.
 const webPath = "/v1/health/service/web"
 
-// indexPaths are the three queries whose X-Consul-Index a round (and the
-// watch) reads.
+// indexPaths are the three blocking queries of the tables watch, one per
+// catalog table.
 var indexPaths = []string{"/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/any"}
+
+// checksIndexPath is where a round reads the checks table's index: the
+// checks of a service nobody registers.
+const checksIndexPath = "/v1/health/checks/"
 
 // catalogView is what a file, or the agent, says about each instance:
 // "node/service-id" -> "address health". It tells every instance, its
@@ -264,7 +268,7 @@ func TestFaultMatrix(t *testing.T) {
 	}
 }
 
-// TestIndexBackwards: all three index queries answer X-Consul-Index 1, as
+// TestIndexBackwards: every index query answers X-Consul-Index 1, as
 // after a snapshot restore, while the catalog changes; then the fault
 // clears and the catalog changes again. The refresh interval is long, so
 // only the watch can bring the last change to the file: a watcher stuck on
@@ -293,7 +297,7 @@ func TestIndexBackwards(t *testing.T) {
 		})
 	}
 	start, began := proxy.TotalRequests(), time.Now()
-	for _, p := range indexPaths {
+	for _, p := range append(indexPaths, checksIndexPath) {
 		proxy.Set(p, faultproxy.IndexBackwards)
 	}
 	// The fault applies to requests that arrive from now on: the blocking
@@ -312,7 +316,7 @@ func TestIndexBackwards(t *testing.T) {
 	// A window to count what the watchers do on that path; spinning, they
 	// made over 1,000 requests a second.
 	time.Sleep(time.Second)
-	for _, p := range indexPaths {
+	for _, p := range append(indexPaths, checksIndexPath) {
 		proxy.Clear(p)
 	}
 	agent.DeregisterNode(t, webOn(2).Node)

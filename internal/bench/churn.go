@@ -139,6 +139,8 @@ type churnResult struct {
 	Services, Instances int
 	Quiet, Window       time.Duration
 	Rows                []churnRow
+	Reads               []readCost // what each kind of read costs the agent
+	ReadsErr            error
 }
 
 // measureChurn runs each observer alone against cat, first on the quiet
@@ -148,6 +150,9 @@ type churnResult struct {
 func measureChurn(ctx context.Context, sc *scope, bin *adapterBin, a *consultest.Agent, cat catalog, from int, observers []churnObserver, quiet time.Duration, changes int) (*churnResult, error) {
 	res := &churnResult{Services: cat.services, Instances: cat.instances, Quiet: quiet, Window: time.Duration(changes) * churnPace}
 	ch := newChurner(cat, from, a.Client)
+	log.Printf("churn %d services: what each read costs the agent", cat.services)
+	res.Reads, res.ReadsErr = measureReads(ctx, a, serviceName(1))
+	logErr("reads", res.ReadsErr)
 	for _, o := range observers {
 		log.Printf("churn %d services: %s", cat.services, o.name)
 		row, err := within(func(sc *scope) (churnRow, error) {

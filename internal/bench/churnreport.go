@@ -81,6 +81,21 @@ func (r *report) churnTables() string {
 		}
 		b.WriteString("\n")
 		b.WriteString(r.churnTargets(c))
+		switch {
+		case c.ReadsErr != nil:
+			fmt.Fprintf(&b, "What one read costs the agent: failed: %s\n\n", oneLine(c.ReadsErr))
+		case len(c.Reads) > 0:
+			quiet := make([]float64, 0, len(c.Rows))
+			for _, row := range c.Rows {
+				quiet = append(quiet, row.QuietAgentCPU)
+			}
+			slices.Sort(quiet)
+			median := 0.0
+			if len(quiet) > 0 {
+				median = quiet[len(quiet)/2]
+			}
+			b.WriteString(readsTable(c.Reads, median) + "\n")
+		}
 	}
 	if r.churnErr != nil {
 		fmt.Fprintf(&b, "\nThe churn run stopped early: %s\n", oneLine(r.churnErr))
