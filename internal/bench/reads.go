@@ -32,8 +32,10 @@ type readCost struct {
 const readBudget = 2 * time.Second
 
 // consulReads are the reads the observers of the churn make, each with the
-// filter or name it goes with. The filters are the adapter's own (in
-// package consulsd) and the configuration file's first entry's.
+// filter or name it goes with. The filters and the service nobody
+// registers are copies of package consulsd's (matchNothing, notPassing,
+// noSuchService), which does not export them; the catalog filter is the
+// configuration file's first entry's.
 func consulReads(service string) []consulRead {
 	q := func(filter string) string { return "?filter=" + url.QueryEscape(filter) }
 	const nothing = `Node == "consul-sd-adapter/no-such-node"`
@@ -101,7 +103,7 @@ func readsTable(costs []readCost, quietCPUPerMin float64) string {
 	}
 	if quietCPUPerMin > 0 {
 		budget := time.Duration((targetChurnCPU - 1) * quietCPUPerMin / 60 * float64(time.Second))
-		fmt.Fprintf(&b, "\nThe agent's quiet CPU here is %.2f s/min. At one change a second, Consul CPU within %g× quiet leaves %s of agent CPU per change, for the change's own write and every read it causes.\n", quietCPUPerMin, targetChurnCPU, millis(budget))
+		fmt.Fprintf(&b, "\nThe agent's quiet CPU here is %.2f s/min (the median of the observers' quiet windows). At one change a second, Consul CPU within %g× quiet leaves %s of agent CPU per change, for the change's own write and every read it causes.\n", quietCPUPerMin, targetChurnCPU, millis(budget))
 	}
 	return b.String()
 }
