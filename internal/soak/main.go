@@ -20,7 +20,9 @@
 //
 // With -cluster it runs a client agent in front of three servers instead,
 // points the adapter at the client agent, and kills the leader (SIGKILL)
-// every -leader-kill, starting it again a few seconds later. Rounds that
+// every -leader-kill (but not in the run's last 45 s, so -duration must
+// exceed -leader-kill by that), starting it again a few
+// seconds later. Rounds that
 // fail while there is no leader are reported, not failures of the soak;
 // every other criterion holds as above.
 package main
@@ -84,6 +86,9 @@ func main() {
 	log.SetPrefix("soak: ")
 	if o.maxInstances > o.nodes*o.services || o.maxInstances < 4 || o.rate <= 0 || o.duration <= 0 {
 		log.Fatal("need 4 <= -max-instances <= -nodes x -services, and a positive -rate and -duration")
+	}
+	if o.cluster && o.duration <= o.leaderKill+lastKillBeforeEnd {
+		log.Fatalf("with -cluster, -duration (%s) must exceed -leader-kill (%s) by %s, or no leader is killed", o.duration, o.leaderKill, lastKillBeforeEnd)
 	}
 	os.Exit(run(o))
 }
@@ -220,7 +225,7 @@ func run(o options) int {
 		o.duration, o.rate, o.nodes, o.services, o.maxInstances, o.seed)
 	var kills *leaderKiller
 	if o.cluster {
-		kills = killLeaders(ctx, cluster, o.leaderKill)
+		kills = killLeaders(ctx, cluster, o.leaderKill, time.Now().Add(o.duration-lastKillBeforeEnd))
 	}
 	samples, churnErr := churnAndSample(ctx, o, ch, d)
 	if kills != nil {
@@ -230,12 +235,12 @@ func run(o options) int {
 		}
 		log.Printf("killed the leader %d times", kills.kills)
 	}
+	var problems []string
 	if ctx.Err() != nil {
 		log.Print("interrupted")
 		return 1
 	}
 
-	var problems []string
 	if churnErr != nil {
 		problems = append(problems, "churn: "+churnErr.Error())
 	}
@@ -439,7 +444,14 @@ type leaderKiller struct {
 // leaderDown is how long a killed leader stays down.
 const leaderDown = 5 * time.Second
 
-func killLeaders(ctx context.Context, c *consultest.Cluster, every time.Duration) *leaderKiller {
+// lastKillBeforeEnd keeps kills out of the run's last stretch. A failover
+// leaves the adapter with extra connections to the agent (two goroutines
+// each) until they idle out, and a kill at the very end (-duration equal
+// to -leader-kill) would have the goroutine check count them as a leak.
+const lastKillBeforeEnd = 45 * time.Second
+
+// killLeaders kills the leader every so often until the time last.
+func killLeaders(ctx context.Context, c *consultest.Cluster, every time.Duration, last time.Time) *leaderKiller {
 	ctx, cancel := context.WithCancel(ctx)
 	k := &leaderKiller{stop: cancel, done: make(chan error, 1)}
 	go func() {
@@ -451,6 +463,9 @@ func killLeaders(ctx context.Context, c *consultest.Cluster, every time.Duration
 				k.done <- nil
 				return
 			case <-t.C:
+			}
+			if time.Now().After(last) {
+				continue
 			}
 			leader, err := c.Leader()
 			if err != nil {
