@@ -297,7 +297,8 @@ func TestIndexBackwards(t *testing.T) {
 		})
 	}
 	start, began := proxy.TotalRequests(), time.Now()
-	for _, p := range append(indexPaths, checksIndexPath) {
+	faulted := append(indexPaths, checksIndexPath)
+	for _, p := range faulted {
 		proxy.Set(p, faultproxy.IndexBackwards)
 	}
 	// The fault applies to requests that arrive from now on: the blocking
@@ -316,7 +317,7 @@ func TestIndexBackwards(t *testing.T) {
 	// A window to count what the watchers do on that path; spinning, they
 	// made over 1,000 requests a second.
 	time.Sleep(time.Second)
-	for _, p := range append(indexPaths, checksIndexPath) {
+	for _, p := range faulted {
 		proxy.Clear(p)
 	}
 	agent.DeregisterNode(t, webOn(2).Node)

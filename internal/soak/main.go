@@ -21,10 +21,9 @@
 // With -cluster it runs a client agent in front of three servers instead,
 // points the adapter at the client agent, and kills the leader (SIGKILL)
 // every -leader-kill (but not in the run's last 45 s, so -duration must
-// exceed -leader-kill by that), starting it again a few
-// seconds later. Rounds that
-// fail while there is no leader are reported, not failures of the soak;
-// every other criterion holds as above.
+// exceed -leader-kill by that), starting it again a few seconds later.
+// Rounds that fail while there is no leader are reported, not failures of
+// the soak; every other criterion holds as above.
 package main
 
 import (
@@ -235,12 +234,12 @@ func run(o options) int {
 		}
 		log.Printf("killed the leader %d times", kills.kills)
 	}
-	var problems []string
 	if ctx.Err() != nil {
 		log.Print("interrupted")
 		return 1
 	}
 
+	var problems []string
 	if churnErr != nil {
 		problems = append(problems, "churn: "+churnErr.Error())
 	}
